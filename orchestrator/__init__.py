@@ -1,0 +1,1 @@
+"""Driver side: experiment specs, data preparation, the Ray Data pipeline, the Tune sweep."""

@@ -1,0 +1,209 @@
+"""Experiment specs: YAML parsed into typed, strict config objects, and the grid they describe.
+
+Lists under `search` are searched (the grid is their product); scalars are fixed. Unknown keys and
+wrong types are UserErrors that name the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
+
+Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
+Metric = Literal["val_auc", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss"]
+SEARCHABLE = ("backbone", "lr", "optimizer", "batch_size", "weight_decay")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Strict):
+    source: Path | None = Field(None, description="raw folder-per-class images, prepared on first use")
+    prepared: Path | None = Field(None, description="a dataset made by orchestrator.prepare")
+    folds: int = Field(5, ge=2)
+    val_fold: int = Field(0, ge=0)
+    image_size: int | None = Field(None, ge=16, description="pixels; default: each backbone's own")
+    cache: Path = Field(Path("prepared"), description="where prepared copies of `source` are kept")
+    balance: Literal["oversample", "none"] = "oversample"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_location(self) -> DataSpec:
+        if (self.source is None) == (self.prepared is None):
+            raise ValueError("give exactly one of 'source' (raw images) or 'prepared'")
+        if self.val_fold >= self.folds:
+            raise ValueError(f"val_fold must be below folds ({self.folds})")
+        return self
+
+
+class SearchSpec(Strict):
+    backbone: str | list[str]
+    lr: float | list[float]
+    optimizer: Optimizer | list[Optimizer] = "adamw"
+    batch_size: int | list[int] = 32
+    weight_decay: float | list[float] = 0.0
+
+    @field_validator("*")
+    @classmethod
+    def _non_empty(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("an empty list searches nothing")
+        return value
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(ge=1)
+    weights: str | dict[str, str] = Field(
+        "hub", description="hub | file:PATH | package | none, or a mapping backbone -> source"
+    )
+    seed: int = 0
+
+    def weights_for(self, backbone: str) -> str:
+        if isinstance(self.weights, str):
+            return self.weights
+        return self.weights.get(backbone, self.weights.get("default", "hub"))
+
+
+class SchedulerSpec(Strict):
+    type: Literal["asha", "fifo"] = "asha"
+    metric: Metric = "val_auc"
+    mode: Literal["max", "min"] | None = None
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, ge=2.0)
+
+    @property
+    def resolved_mode(self) -> str:
+        if self.mode:
+            return self.mode
+        return "min" if self.metric.endswith("loss") else "max"
+
+
+class ResourcesSpec(Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+
+class Spec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
+    data: DataSpec
+    augment: Literal["standard", "none"] = "standard"
+    search: SearchSpec
+    train: TrainSpec
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    storage: str = "runs"
+
+    @model_validator(mode="after")
+    def _weights_name_searched_backbones(self) -> Spec:
+        if isinstance(self.train.weights, dict):
+            allowed = set(as_list(self.search.backbone)) | {"default"}
+            extra = sorted(set(self.train.weights) - allowed)
+            if extra:
+                raise ValueError(
+                    f"weights names backbones not in search.backbone: {', '.join(extra)}; "
+                    f"allowed: {', '.join(sorted(allowed))}"
+                )
+        return self
+
+    def searched(self) -> dict[str, list]:
+        """Every searchable key with its values (a fixed value is a one-element list)."""
+        return {key: as_list(getattr(self.search, key)) for key in SEARCHABLE}
+
+    def grid(self) -> list[dict[str, Any]]:
+        """All trial configurations, in a stable order."""
+        searched = self.searched()
+        return [dict(zip(searched, values, strict=True)) for values in itertools.product(*searched.values())]
+
+    def backbones(self) -> list[str]:
+        return as_list(self.search.backbone)
+
+
+def as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _location(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | None]:
+    """Dotted key path for a pydantic error location, skipping union-member tags."""
+    parts: list[str] = []
+    current: type[BaseModel] | None = model
+    for item in loc:
+        if isinstance(item, int) and parts:
+            parts[-1] += f"[{item}]"
+        elif current is not None:
+            parts.append(str(item))
+            field = current.model_fields.get(item)
+            annotation = field.annotation if field else None
+            is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            current = annotation if is_model else None
+        # anything after a non-model field is a union-member tag: skip it
+    return ".".join(parts), current
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent_path, parent = _location(model, loc[:-1])
+        allowed = ", ".join(parent.model_fields) if parent else ""
+        where = f" in '{parent_path}'" if parent_path else ""
+        return f"unknown key '{loc[-1]}'{where}; allowed keys: {allowed}"
+    path, _ = _location(model, loc)
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"missing required key '{path}'"
+    shown = error.get("input")
+    got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+    return f"'{path}': {message}{got}" if path else f"{message}"
+
+
+def parse_spec(raw: Any, origin: str = "<spec>") -> Spec:
+    if not isinstance(raw, dict):
+        raise UserError(f"{origin}: a spec must be a YAML mapping of keys, got {type(raw).__name__}")
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as err:
+        errors = err.errors()
+        # a bad list item says more than "not a scalar" does
+        first = next((e for e in errors if any(isinstance(i, int) for i in e["loc"])), errors[0])
+        more = len({tuple(e["loc"][:2]) for e in errors}) - 1
+        extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+        raise UserError(f"{origin}: {_describe(first, Spec)}{extra}") from None
+
+
+def load_spec(path: str | Path | None = None) -> Spec:
+    """Read a spec file; relative data paths resolve against the current directory,
+    except in the embedded default, whose paths are the project's own."""
+    spec_path = Path(path) if path is not None else DEFAULT_SPEC
+    if not spec_path.is_file():
+        raise UserError(f"spec file not found: {spec_path}")
+    try:
+        raw = yaml.safe_load(spec_path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{spec_path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    spec = parse_spec(raw, str(spec_path))
+    base = PROJECT_ROOT if path is None else Path.cwd()
+    return resolve_paths(spec, base)
+
+
+def resolve_paths(spec: Spec, base: Path) -> Spec:
+    data = spec.data
+    updates = {
+        key: (base / value).resolve()
+        for key, value in (("source", data.source), ("prepared", data.prepared), ("cache", data.cache))
+        if value is not None
+    }
+    storage = spec.storage
+    if "://" not in storage:
+        storage = str((base / storage).resolve())
+    return spec.model_copy(update={"data": data.model_copy(update=updates), "storage": storage})

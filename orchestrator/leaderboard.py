@@ -1,0 +1,99 @@
+"""The sweep's results as a leaderboard: one row per trial, best first, as CSV and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import ResultGrid
+
+from orchestrator.config import Spec
+
+REPORTED = ["val_auc", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_loss", "train_loss"]
+SHOWN = ["rank", "backbone", "weights", "lr", "optimizer", "batch_size", "status", "epochs_run"]
+
+
+def best_checkpoint(trial_checkpoints: Path, metric: str, mode: str) -> tuple[str, dict] | None:
+    """The kept checkpoint of one trial that scored best on `metric`, with its metrics."""
+    scored = []
+    for meta_path in sorted(trial_checkpoints.glob("checkpoint_*/meta.json")):
+        metrics = json.loads(meta_path.read_text())["metrics"]
+        value = metrics.get(metric, float("nan"))
+        if not math.isnan(value):
+            scored.append((value if mode == "max" else -value, str(meta_path.parent), metrics))
+    if not scored:
+        return None
+    _, path, metrics = max(scored, key=lambda item: item[0])
+    return path, metrics
+
+
+def _status(result, trial_id: str, stopped_early: set[str]) -> tuple[str, str]:
+    if result.error is not None:
+        lines = [line for line in str(result.error).splitlines() if line.strip()]
+        reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
+        return "failed", reason.strip()[:300]
+    return ("stopped early" if trial_id in stopped_early else "completed"), ""
+
+
+def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set[str]) -> pd.DataFrame:
+    metric, mode = spec.scheduler.metric, spec.scheduler.resolved_mode
+    rows = []
+    for result in results:
+        trial_id = Path(result.path).name
+        history = result.metrics_dataframe
+        status, error = _status(result, trial_id, stopped_early)
+        backbone = result.config["backbone"]
+        weights = spec.train.weights_for(backbone)
+        row = {
+            "trial_id": trial_id,
+            **result.config,
+            "weights": weights if weights != "none" else "none (random init)",
+            "status": status,
+            "epochs_run": int(history["epoch"].max()) if history is not None and "epoch" in history else 0,
+        }
+        found = best_checkpoint(checkpoints / trial_id, metric, mode)
+        if found:
+            path, best = found
+            row["best_epoch"] = best["epoch"]
+            row.update({f"best_{m}": best.get(m) for m in REPORTED})
+            row["checkpoint"] = path
+        if history is not None and metric in history:
+            row[f"last_{metric}"] = float(history[metric].iloc[-1])
+        row["error"] = error
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    key = f"best_{metric}"
+    if key not in frame:
+        frame[key] = float("nan")
+    frame = frame.sort_values(key, ascending=(mode == "min"), na_position="last", kind="stable")
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame.reset_index(drop=True)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
+    """The columns a reader scans first."""
+    columns = [c for c in SHOWN if c in frame] + [
+        c for c in (f"best_{metric}", "best_val_recall", "best_val_f1", "best_epoch") if c in frame
+    ]
+    return frame[columns].head(top)
+
+
+def write(frame: pd.DataFrame, run_dir: Path) -> tuple[Path, Path]:
+    csv, markdown = run_dir / "leaderboard.csv", run_dir / "leaderboard.md"
+    frame.to_csv(csv, index=False)
+    markdown.write_text(to_markdown(frame))
+    return csv, markdown

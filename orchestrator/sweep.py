@@ -1,0 +1,179 @@
+"""Run an experiment spec as a Ray Tune grid with ASHA early stopping; write the leaderboard.
+
+    python -m orchestrator.sweep [SPEC.yaml] [--storage DIR] [--address ADDR]
+
+Without SPEC it runs the embedded default, `experiments/default.yaml`. Results land in
+`<storage>/<name>-<time>/`: the leaderboard (CSV and Markdown), TensorBoard event files (HParams
+tab: the leaderboard; Scalars: the curves) and the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from orchestrator import leaderboard
+from orchestrator.config import Spec, load_spec
+from orchestrator.errors import UserError, run_cli
+from orchestrator.prepare import IMAGE_SUFFIXES, class_names, prepare, read_manifest
+from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
+from trainables.backbones import WeightSource, check_weights
+
+log = logging.getLogger(__name__)
+
+DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU, a token of memory
+DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
+
+
+class RecordingASHA(ASHAScheduler):
+    """ASHA that remembers which trials it stopped before their last epoch."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped_early: set[str] = set()
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+            self.stopped_early.add(trial.trial_id)
+        return decision
+
+
+def preflight(spec: Spec) -> None:
+    """Everything that can be checked before Ray starts: backbones and their weights."""
+    for backbone in spec.backbones():
+        check_weights(backbone, WeightSource.parse(spec.train.weights_for(backbone)))
+
+
+def prepared_dataset(spec: Spec) -> Path:
+    """The prepared dataset: the spec's own, or `source` prepared once into the cache."""
+    data = spec.data
+    if data.prepared is not None:
+        manifest = read_manifest(data.prepared)
+        if manifest["folds"] != data.folds:
+            raise UserError(
+                f"{data.prepared} was prepared with {manifest['folds']} folds, the spec asks for "
+                f"{data.folds}; set data.folds: {manifest['folds']} or prepare again"
+            )
+        return data.prepared
+    size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
+    out = data.cache / f"{data.source.name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(data.source)}"
+    if (out / "manifest.json").exists():
+        log.info("using prepared dataset %s", out)
+        return out
+    prepare(data.source, out, image_size=size, folds=data.folds, seed=data.seed)
+    return out
+
+
+def _fingerprint(source: Path) -> str:
+    """Changes when any image is added, removed, renamed or resized on disk."""
+    digest = hashlib.sha256()
+    for name in class_names(source):
+        for path in sorted((source / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                digest.update(f"{name}/{path.name}:{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:10]
+
+
+def concurrent_trials(spec: Spec) -> int:
+    """How many trials fit the cluster at once, each with its workers plus room for Ray Data."""
+    if spec.resources.max_concurrent_trials:
+        return spec.resources.max_concurrent_trials
+    res, cluster = spec.resources, ray.cluster_resources()
+    fits = int(cluster.get("CPU", 1) // (res.workers_per_trial * res.cpus_per_worker + DATA_CPUS_PER_TRIAL))
+    if res.gpus_per_worker:
+        fits = min(fits, int(cluster.get("GPU", 0) // (res.workers_per_trial * res.gpus_per_worker)))
+    return max(1, fits)
+
+
+def param_space(spec: Spec) -> dict[str, Any]:
+    return {
+        key: tune.grid_search(values) if len(values) > 1 else values[0]
+        for key, values in spec.searched().items()
+    }
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def scheduler_for(spec: Spec) -> TrialScheduler:
+    sched = spec.scheduler
+    if sched.type == "fifo":
+        return FIFOScheduler()
+    return RecordingASHA(
+        time_attr="training_iteration",
+        max_t=spec.train.epochs,
+        grace_period=min(sched.grace_period, spec.train.epochs),
+        reduction_factor=sched.reduction_factor,
+    )
+
+
+def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
+    """Run the spec's grid; return the run folder and the leaderboard frame."""
+    preflight(spec)
+    prepared = prepared_dataset(spec)
+    if "://" in spec.storage:
+        raise UserError("remote storage is not supported yet; use a local folder for 'storage'")
+    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(spec.storage) / run_name
+    if not ray.is_initialized():
+        ray.init(address=address, configure_logging=False)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec, prepared=str(prepared), run_dir=str(run_dir)),
+        {"cpu": 0, "memory": DRIVER_MEMORY},
+    )
+    scheduler = scheduler_for(spec)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.scheduler.metric,
+            mode=spec.scheduler.resolved_mode,
+            scheduler=scheduler,
+            max_concurrent_trials=concurrent_trials(spec),
+            trial_dirname_creator=_trial_dirname,
+        ),
+        run_config=tune.RunConfig(name=run_name, storage_path=spec.storage),
+    )
+    log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run_dir)
+    results = tuner.fit()
+    stopped = getattr(scheduler, "stopped_early", set())
+    frame = leaderboard.build(results, spec, run_dir / CHECKPOINTS, stopped)
+    leaderboard.write(frame, run_dir)
+    return run_dir, frame
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("spec", nargs="?", help="experiment spec (default: experiments/default.yaml)")
+    parser.add_argument("--storage", help="where run folders go (overrides the spec's 'storage')")
+    parser.add_argument("--address", help="Ray cluster to join, e.g. 'auto' (default: start a local one)")
+    args = parser.parse_args(argv)
+    spec = load_spec(args.spec)
+    if args.storage:
+        spec = spec.model_copy(update={"storage": str(Path(args.storage).resolve())})
+    run_dir, frame = run_sweep(spec, args.address)
+    metric = spec.scheduler.metric
+    print(f"\nLeaderboard ({metric}, best first) - full table: {run_dir / 'leaderboard.md'}\n")
+    print(leaderboard.to_markdown(leaderboard.summary(frame, metric)))
+    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+    failed = int((frame["status"] == "failed").sum())
+    if failed == len(frame):
+        print("every trial failed; see the 'error' column of the leaderboard")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,84 @@
+"""One Tune trial: build the trial's datasets and run a TorchTrainer over them (Train V2 pattern).
+
+Tune calls `run_trial(config)` with the searched values; `TuneReportCallback` forwards rank 0's
+per-epoch reports to Tune, so ASHA sees every epoch and can stop the trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray.tune
+from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from orchestrator.config import Spec
+from orchestrator.pipeline import build_datasets
+from orchestrator.prepare import read_manifest
+from trainables.backbones import input_config
+from trainables.train_loop import train_loop_per_worker
+
+CHECKPOINTS = "checkpoints"
+
+
+def trial_image_size(spec: Spec, backbone: str) -> int:
+    """The spec's image size, else the backbone's native one."""
+    return spec.data.image_size or input_config(backbone).input_size
+
+
+def worker_config(spec: Spec, config: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+    """Everything the train loop needs, as plain values."""
+    backbone = config["backbone"]
+    normalisation = input_config(backbone)
+    return {
+        **config,
+        "weights": spec.train.weights_for(backbone),
+        "epochs": spec.train.epochs,
+        "seed": spec.train.seed,
+        "classes": classes,
+        "image_size": trial_image_size(spec, backbone),
+        "mean": list(normalisation.mean),
+        "std": list(normalisation.std),
+    }
+
+
+def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -> None:
+    manifest = read_manifest(Path(prepared))
+    loop_config = worker_config(spec, config, manifest["classes"])
+    datasets = build_datasets(
+        prepared,
+        val_fold=spec.data.val_fold,
+        size=loop_config["image_size"],
+        mean=tuple(loop_config["mean"]),
+        std=tuple(loop_config["std"]),
+        augment=spec.augment,
+        balance=spec.data.balance,
+    )
+    resources = spec.resources
+    per_worker = {"CPU": resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        per_worker["GPU"] = resources.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=resources.workers_per_trial,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker=per_worker,
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=ray.tune.get_context().get_trial_id(),
+            storage_path=str(Path(run_dir) / CHECKPOINTS),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2,
+                checkpoint_score_attribute=spec.scheduler.metric,
+                checkpoint_score_order=spec.scheduler.resolved_mode,
+            ),
+        ),
+    )
+    trainer.fit()

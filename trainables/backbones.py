@@ -1,0 +1,123 @@
+"""Build a timm backbone with a new classification head from one of the weight sources.
+
+Weight sources:
+- `hub`: timm's pretrained weights, downloaded once into the Hugging Face cache;
+- `file:PATH`: a local `.safetensors` / `.pth` file in timm's key layout;
+- `package`: weights shipped in a pip package (see `package_weights.py`), no network needed;
+- `none`: random initialisation, which is never transfer learning and is logged loudly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from orchestrator.errors import UserError
+from trainables.package_weights import PACKAGE_WEIGHTS
+
+log = logging.getLogger(__name__)
+
+WEIGHT_KINDS = ("hub", "file:PATH", "package", "none")
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    kind: str  # hub | file | package | none
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WeightSource:
+        if text in ("hub", "package", "none"):
+            return cls(text)
+        if text.startswith("file:") and len(text) > len("file:"):
+            return cls("file", Path(text[len("file:") :]).expanduser())
+        raise UserError(f"unknown weight source '{text}'; use one of {', '.join(WEIGHT_KINDS)}")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "none"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the pipeline needs to feed a backbone: its native size and normalisation."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@cache
+def known_backbones() -> frozenset[str]:
+    return frozenset(timm.list_models())
+
+
+def check_backbone(name: str) -> None:
+    """Raise a UserError naming close timm names when `name` is not a timm model."""
+    if name in known_backbones():
+        return
+    close = difflib.get_close_matches(name, sorted(known_backbones()), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise UserError(f"unknown backbone '{name}'{hint}")
+
+
+def input_config(name: str) -> InputConfig:
+    """Native input size and mean/std from timm's pretrained config, without building the model."""
+    check_backbone(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return InputConfig(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return InputConfig(int(cfg.input_size[-1]), tuple(cfg.mean), tuple(cfg.std))
+
+
+def check_weights(name: str, source: WeightSource) -> None:
+    """Fail before any training starts when the weights for `name` cannot be had."""
+    check_backbone(name)
+    if source.kind == "file" and not source.path.is_file():
+        raise UserError(f"weights file not found for {name}: {source.path}")
+    if source.kind == "package" and name not in PACKAGE_WEIGHTS:
+        raise UserError(
+            f"no packaged weights for {name}; packaged: {', '.join(PACKAGE_WEIGHTS)}. "
+            "Use 'hub', 'file:PATH' or 'none'"
+        )
+    if source.kind == "hub":
+        from trainables.hub import check_hub_weights
+
+        check_hub_weights(name)
+
+
+def create_backbone(name: str, weights: str | WeightSource, num_classes: int) -> nn.Module:
+    """A timm model `name` with a fresh `num_classes` head and the requested weights."""
+    source = WeightSource.parse(weights) if isinstance(weights, str) else weights
+    check_backbone(name)
+    if source.kind == "none":
+        log.warning("%s: random initialisation (weights: none) -- NOT pretrained", name)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if source.kind == "file":
+        if not source.path.is_file():
+            raise UserError(f"weights file not found for {name}: {source.path}")
+        return timm.create_model(
+            name,
+            pretrained=True,
+            num_classes=num_classes,
+            pretrained_cfg_overlay={"file": str(source.path)},
+        )
+    if source.kind == "package":
+        check_weights(name, source)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        state = PACKAGE_WEIGHTS[name]()
+        head = model.default_cfg.get("classifier", "classifier")
+        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith(head + ".") for k in missing):
+            raise RuntimeError(f"packaged weights for {name} do not fit: {missing} {unexpected}")
+        return model
+    from trainables.hub import create_from_hub
+
+    return create_from_hub(name, num_classes)
