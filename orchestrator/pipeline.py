@@ -47,6 +47,13 @@ class Oversample:
         return table.take(pa.array(np.repeat(np.arange(len(labels)), copies)))
 
 
+def quiet_progress() -> None:
+    """One progress bar per dataset per epoch per trial drowns Tune's own status table."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
 def build_datasets(
     prepared: str | Path,
     val_fold: int,
@@ -57,6 +64,7 @@ def build_datasets(
     balance: str,
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced."""
+    quiet_progress()
     manifest = read_manifest(Path(prepared))
     rows = ray.data.read_parquet(str(Path(prepared) / SHARDS), columns=READ_COLUMNS)
     train = rows.filter(expr=f"fold != {val_fold}")

@@ -93,7 +93,22 @@ def check_weights(name: str, source: WeightSource) -> None:
 
 
 def create_backbone(name: str, weights: str | WeightSource, num_classes: int) -> nn.Module:
-    """A timm model `name` with a fresh `num_classes` head and the requested weights."""
+    """A timm model `name` with a fresh, small-initialised `num_classes` head and the requested weights."""
+    return init_head(_create(name, weights, num_classes))
+
+
+def init_head(model: nn.Module) -> nn.Module:
+    """Start the new head near zero. timm's default head init is scaled for 1000 classes: with two,
+    its logits start around +-10 and the first steps wreck the pretrained features."""
+    for module in model.get_classifier().modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Module:
     source = WeightSource.parse(weights) if isinstance(weights, str) else weights
     check_backbone(name)
     if source.kind == "none":

@@ -1,0 +1,91 @@
+"""Mistakes a user will make: one line on stderr, exit status 2, no traceback, within seconds."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SPEC = """name: t
+data: {{source: {source}}}
+search: {{backbone: {backbone}, lr: 0.001}}
+train: {{epochs: 1, weights: {weights}}}
+storage: {storage}
+"""
+
+
+def run(*args, env=None, cwd=ROOT):
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    return done, time.monotonic() - start
+
+
+def assert_user_error(done, *expected):
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: "), done.stderr
+    assert "Traceback" not in done.stderr
+    for text in expected:
+        assert text in lines[-1]
+
+
+def write_spec(tmp_path: Path, source="datasets/isic-sample", backbone="test_efficientnet", weights="none"):
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(source=source, backbone=backbone, weights=weights, storage=tmp_path / "runs"))
+    return path
+
+
+def test_spec_file_that_does_not_exist(tmp_path):
+    done, _ = run("orchestrator.sweep", str(tmp_path / "missing.yaml"))
+    assert_user_error(done, "spec file not found", "missing.yaml")
+
+
+def test_unknown_key(tmp_path):
+    path = write_spec(tmp_path)
+    path.write_text(path.read_text() + "schedule: {type: asha}\n")
+    done, _ = run("orchestrator.sweep", str(path))
+    assert_user_error(done, "unknown key 'schedule'", "scheduler")
+
+
+def test_wrong_type(tmp_path):
+    path = write_spec(tmp_path)
+    path.write_text(path.read_text().replace("epochs: 1", "epochs: many"))
+    done, _ = run("orchestrator.sweep", str(path))
+    assert_user_error(done, "'train.epochs'", "'many'")
+
+
+def test_unknown_backbone_suggests_names(tmp_path):
+    done, _ = run("orchestrator.sweep", str(write_spec(tmp_path, backbone="resnet5O")))
+    assert_user_error(done, "unknown backbone 'resnet5O'", "resnet50")
+
+
+def test_data_path_with_no_images(tmp_path):
+    (tmp_path / "empty" / "benign").mkdir(parents=True)
+    done, _ = run("orchestrator.sweep", str(write_spec(tmp_path, source=tmp_path / "empty")))
+    assert_user_error(done, "no usable images", "benign/ and malignant/")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}])
+def test_hub_unreachable_fails_within_seconds(tmp_path, env):
+    done, seconds = run(
+        "orchestrator.sweep", str(write_spec(tmp_path, backbone="resnet18", weights="hub")), env=env
+    )
+    assert_user_error(done, "cannot reach the model hub", "file:PATH", "'none'")
+    assert seconds < 30  # interpreter + imports included; the check itself takes well under a second
+
+
+def test_prepare_cli_error(tmp_path):
+    done, _ = run("orchestrator.prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert_user_error(done, "data source not found")

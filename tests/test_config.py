@@ -1,0 +1,110 @@
+import copy
+
+import pytest
+
+from orchestrator.config import DEFAULT_SPEC, PROJECT_ROOT, load_spec, parse_spec
+from orchestrator.errors import UserError
+
+BASE = {
+    "name": "t",
+    "data": {"source": "images"},
+    "search": {"backbone": ["resnet18", "test_efficientnet"], "lr": [1e-3, 1e-4], "optimizer": "adam"},
+    "train": {"epochs": 2, "weights": "none"},
+}
+
+
+def spec_with(**overrides):
+    raw = copy.deepcopy(BASE)
+    raw.update(overrides)
+    return raw
+
+
+def error_of(raw) -> str:
+    with pytest.raises(UserError) as caught:
+        parse_spec(raw, "spec.yaml")
+    return str(caught.value)
+
+
+def test_lists_are_searched_and_scalars_fixed():
+    spec = parse_spec(spec_with(search={"backbone": ["a", "b"], "lr": [1, 2, 3], "batch_size": 16}))
+    grid = spec.grid()
+    assert len(grid) == 6
+    assert {(g["backbone"], g["lr"]) for g in grid} == {(b, lr) for b in "ab" for lr in (1, 2, 3)}
+    assert all(g["batch_size"] == 16 and g["optimizer"] == "adamw" for g in grid)
+
+
+def test_unknown_key_names_the_key_and_the_allowed_ones():
+    message = error_of(spec_with(train={"epochs": 2, "epoch": 3}))
+    assert message.startswith("spec.yaml: unknown key 'epoch' in 'train'")
+    assert "epochs" in message and "weights" in message
+
+
+def test_unknown_top_level_key():
+    assert "unknown key 'schedular'" in error_of(spec_with(schedular={}))
+
+
+def test_wrong_type_names_key_and_value():
+    message = error_of(spec_with(train={"epochs": "two"}))
+    assert "'train.epochs'" in message and "'two'" in message
+
+
+def test_bad_list_item_is_pointed_at():
+    message = error_of(spec_with(search={"backbone": "a", "lr": 0.1, "optimizer": ["adam", "lion"]}))
+    assert "'search.optimizer[1]'" in message and "'lion'" in message and "rmsprop" in message
+
+
+def test_missing_required_key():
+    raw = spec_with()
+    del raw["train"]
+    assert "missing required key 'train'" in error_of(raw)
+
+
+def test_source_and_prepared_are_exclusive():
+    assert "exactly one of" in error_of(spec_with(data={"source": "a", "prepared": "b"}))
+
+
+def test_weights_mapping_must_name_searched_backbones():
+    raw = spec_with(train={"epochs": 1, "weights": {"resnet19": "none"}})
+    assert "resnet19" in error_of(raw)
+
+
+def test_weights_mapping_with_default():
+    spec = parse_spec(spec_with(train={"epochs": 1, "weights": {"resnet18": "package", "default": "none"}}))
+    assert spec.train.weights_for("resnet18") == "package"
+    assert spec.train.weights_for("test_efficientnet") == "none"
+
+
+def test_loss_metric_defaults_to_minimising():
+    spec = parse_spec(spec_with(scheduler={"metric": "val_loss"}))
+    assert spec.scheduler.resolved_mode == "min"
+
+
+def test_missing_spec_file(tmp_path):
+    with pytest.raises(UserError, match="spec file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_spec(bad)
+
+
+def test_relative_paths_resolve_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndata: {source: imgs}\nsearch: {backbone: a, lr: 0.1}\ntrain: {epochs: 1}\n")
+    spec = load_spec(path)
+    assert spec.data.source == tmp_path / "imgs"
+    assert spec.storage == str(tmp_path / "runs")
+
+
+def test_embedded_default_is_a_real_grid_on_the_bundled_sample():
+    spec = load_spec(None)
+    assert DEFAULT_SPEC.is_file()
+    assert spec.data.source == PROJECT_ROOT / "datasets" / "isic-sample"
+    searched = spec.searched()
+    assert len(searched["backbone"]) >= 2 and len(searched["lr"]) >= 2 and len(searched["optimizer"]) >= 2
+    weights = {b: spec.train.weights_for(b) for b in spec.backbones()}
+    assert "package" in weights.values() and "none" in weights.values()

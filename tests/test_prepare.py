@@ -1,0 +1,108 @@
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from orchestrator.errors import UserError
+from orchestrator.prepare import assign_folds, load_resized, prepare, read_manifest
+from tests.conftest import SAMPLE, copy_subset
+
+
+def table(prepared):
+    return pq.read_table(prepared / "shards").to_pandas()
+
+
+def test_counts_labels_and_folds(small_prepared):
+    manifest = read_manifest(small_prepared)
+    assert manifest["classes"] == ["benign", "malignant"]
+    assert manifest["counts"]["per_class"] == {"benign": 20, "malignant": 20}
+    rows = table(small_prepared)
+    assert len(rows) == 40 and set(rows["fold"]) == {0, 1, 2, 3}
+    assert rows.groupby("label").size().to_dict() == {0: 20, 1: 20}
+    assert all(rows[rows.label == 1].image_id.str.startswith("malignant/"))
+    per_fold = rows.groupby(["fold", "label"]).size().unstack()
+    assert (per_fold == 5).all().all()  # stratified: 5 of each class per fold
+
+
+def test_images_are_resized_once(small_prepared):
+    import io
+
+    first = table(small_prepared)["image"].iloc[0]
+    with Image.open(io.BytesIO(first)) as image:
+        assert image.format == "JPEG" and image.mode == "RGB" and min(image.size) == 64
+
+
+def test_deterministic_for_a_seed(tmp_path, small_source):
+    a = prepare(small_source, tmp_path / "a", image_size=64, folds=4, seed=3, workers=1)
+    b = prepare(small_source, tmp_path / "b", image_size=64, folds=4, seed=3, workers=2)
+    prepare(small_source, tmp_path / "c", image_size=64, folds=4, seed=4, workers=1)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert not (table(tmp_path / "a")["fold"] == table(tmp_path / "c")["fold"]).all()
+
+
+def test_unreadable_files_are_reported_and_skipped(tmp_path):
+    source = copy_subset(tmp_path / "src", per_class=8)
+    (source / "benign" / "truncated.jpg").write_bytes(
+        (source / "benign").glob("*.jpg").__next__().read_bytes()[:300]
+    )
+    (source / "malignant" / "empty.jpg").write_bytes(b"")
+    (source / "malignant" / "text.png").write_text("not an image")
+    manifest = prepare(source, tmp_path / "out", image_size=64, folds=2, workers=1)
+    bad = {json.dumps(u["path"]).split("/")[-1].strip('"') for u in manifest["unreadable"]}
+    assert bad == {"truncated.jpg", "empty.jpg", "text.png"}
+    assert all(u["reason"] for u in manifest["unreadable"])
+    assert manifest["counts"]["total"] == 16
+
+
+def test_large_rotated_grayscale_and_palette_images_become_upright_rgb(tmp_path):
+    photo = Image.open(next((SAMPLE / "malignant").glob("*.jpg"))).resize((1200, 800))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees
+    photo.save(tmp_path / "rotated.jpg", exif=exif)
+    photo.convert("L").save(tmp_path / "gray.jpg")
+    photo.convert("P").save(tmp_path / "palette.png")
+    photo.convert("RGBA").save(tmp_path / "alpha.png")
+    import io
+
+    with Image.open(io.BytesIO(load_resized(tmp_path / "rotated.jpg", 100))) as image:
+        assert image.mode == "RGB" and image.size == (100, 150)  # upright: taller than wide
+    for name in ("gray.jpg", "palette.png", "alpha.png"):
+        with Image.open(io.BytesIO(load_resized(tmp_path / name, 100))) as image:
+            assert image.mode == "RGB" and image.size == (150, 100)
+
+
+def test_small_upright_jpeg_passes_through_unchanged():
+    path = next((SAMPLE / "benign").glob("*.jpg"))
+    assert load_resized(path, 224) == path.read_bytes()
+
+
+def test_folder_without_images_is_a_user_error(tmp_path):
+    (tmp_path / "benign").mkdir()
+    (tmp_path / "benign" / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="no usable images"):
+        prepare(tmp_path, tmp_path / "out")
+
+
+def test_single_class_is_a_user_error(tmp_path):
+    copy_subset(tmp_path / "src", per_class=3)
+    shutil.rmtree(tmp_path / "src" / "malignant")
+    with pytest.raises(UserError, match="only 'benign'"):
+        prepare(tmp_path / "src", tmp_path / "out")
+
+
+def test_refuses_to_overwrite_a_prepared_dataset(small_prepared):
+    with pytest.raises(UserError, match="already holds a prepared dataset"):
+        prepare(SAMPLE, small_prepared)
+
+
+def test_too_few_images_for_the_folds():
+    with pytest.raises(UserError, match="too few images for 5 folds"):
+        assign_folds(np.array([0, 0, 0, 1, 1, 1]), np.arange(6), folds=5, seed=0)
+
+
+def test_not_a_prepared_dataset(tmp_path):
+    with pytest.raises(UserError, match="orchestrator.prepare"):
+        read_manifest(tmp_path)

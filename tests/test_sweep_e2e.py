@@ -1,0 +1,82 @@
+"""A real sweep on a local Ray instance: Ray Data -> Ray Train -> Ray Tune (ASHA) -> leaderboard."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.config import parse_spec
+from orchestrator.evaluate import evaluate_fold
+from orchestrator.sweep import run_sweep
+
+pytestmark = pytest.mark.slow
+
+
+def hparam_names(run_dir: Path) -> set[str]:
+    """The HParams keys TensorBoard shows, read back from the trials' event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    names: set[str] = set()
+    for events in run_dir.glob("*/events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        for content in accumulator.PluginTagToContent("hparams").values():
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            names.update(data.session_start_info.hparams.keys())
+    return names
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, small_source, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    spec = parse_spec(
+        {
+            "name": "e2e",
+            "data": {
+                "source": str(small_source),
+                "folds": 4,
+                "image_size": 64,
+                "cache": str(root / "prepared"),
+            },
+            # the well-chosen learning rate runs first; ASHA should stop the ones that cannot learn
+            "search": {"backbone": "tf_efficientnet_lite0", "lr": [1e-3, 0.0, 0.0], "batch_size": 16},
+            "train": {"epochs": 3, "weights": "package"},
+            "scheduler": {"type": "asha", "metric": "val_auc", "grace_period": 1, "reduction_factor": 3},
+            "storage": str(root / "runs"),
+        }
+    )
+    run_dir, frame = run_sweep(spec)
+    return spec, run_dir, frame
+
+
+def test_one_leaderboard_row_per_trial(sweep):
+    spec, run_dir, frame = sweep
+    assert len(frame) == len(spec.grid()) == 3
+    assert (frame["status"] != "failed").all(), frame["error"].tolist()
+    written = pd.read_csv(run_dir / "leaderboard.csv")
+    assert len(written) == 3 and list(written["rank"]) == [1, 2, 3]
+    assert "| rank |" in (run_dir / "leaderboard.md").read_text()
+    assert frame["best_val_auc"].is_monotonic_decreasing
+
+
+def test_asha_stopped_a_trial_early(sweep):
+    _, _, frame = sweep
+    stopped = frame[frame["status"] == "stopped early"]
+    assert len(stopped) >= 1, frame[["lr", "status", "epochs_run", "best_val_auc"]]
+    assert (stopped["epochs_run"] < 3).all()
+    assert (frame[frame["status"] == "completed"]["epochs_run"] == 3).all()
+
+
+def test_tensorboard_hparams_name_the_searched_keys(sweep):
+    _, run_dir, _ = sweep
+    assert {"backbone", "lr", "optimizer", "batch_size"} <= hparam_names(run_dir)
+
+
+def test_best_checkpoint_reproduces_its_validation_auc(sweep):
+    spec, run_dir, frame = sweep
+    best = frame.iloc[0]
+    prepared = next((Path(spec.data.cache)).iterdir())
+    scored = evaluate_fold(Path(best["checkpoint"]), prepared, spec.data.val_fold)
+    assert scored["val_auc"] == pytest.approx(best["best_val_auc"], abs=1e-6)
+    assert best["best_val_auc"] > 0.5
