@@ -95,10 +95,9 @@ def concurrent_trials(spec: Spec) -> int:
 
 
 def param_space(spec: Spec) -> dict[str, Any]:
-    return {
-        key: tune.grid_search(values) if len(values) > 1 else values[0]
-        for key, values in spec.searched().items()
-    }
+    """Every searchable key as a grid axis, fixed ones with a single value, so that TensorBoard's
+    HParams table shows the whole configuration of each trial."""
+    return {key: tune.grid_search(values) for key, values in spec.searched().items()}
 
 
 def _trial_dirname(trial) -> str:

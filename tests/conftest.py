@@ -49,6 +49,7 @@ def small_prepared(tmp_path_factory, small_source) -> Path:
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    # the dashboard stays on: without it a trial stopped by ASHA never gives its CPU back
+    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()

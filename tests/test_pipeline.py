@@ -51,5 +51,5 @@ def test_ray_datasets_split_by_fold(ray_local, small_prepared):
     assert sum(len(b["label"]) for b in val) == 10
     train = np.concatenate([b["label"] for b in datasets["train"].iter_batches(batch_size=100)])
     assert len(train) == 30 and np.bincount(train).tolist() == [15, 15]
-    first = next(iter(datasets["train"].iter_batches(batch_size=4)))
+    first = datasets["train"].take_batch(4)
     assert first["image"].shape == (4, 3, 32, 32)

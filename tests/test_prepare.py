@@ -1,5 +1,5 @@
-import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -51,7 +51,7 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
     (source / "malignant" / "empty.jpg").write_bytes(b"")
     (source / "malignant" / "text.png").write_text("not an image")
     manifest = prepare(source, tmp_path / "out", image_size=64, folds=2, workers=1)
-    bad = {json.dumps(u["path"]).split("/")[-1].strip('"') for u in manifest["unreadable"]}
+    bad = {Path(u["path"]).name for u in manifest["unreadable"]}
     assert bad == {"truncated.jpg", "empty.jpg", "text.png"}
     assert all(u["reason"] for u in manifest["unreadable"])
     assert manifest["counts"]["total"] == 16
