@@ -59,8 +59,8 @@ def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set
             row["best_epoch"] = best["epoch"]
             row.update({f"best_{m}": best.get(m) for m in REPORTED})
             row["checkpoint"] = path
-        if history is not None and metric in history:
-            row[f"last_{metric}"] = float(history[metric].iloc[-1])
+        if history is not None:
+            row.update({f"last_{m}": float(history[m].iloc[-1]) for m in REPORTED if m in history})
         row["error"] = error
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from sklearn.model_selection import StratifiedGroupKFold
+from tqdm import tqdm
 
 from orchestrator.errors import UserError, run_cli
 
@@ -144,7 +145,10 @@ def prepare(
     workers = workers or os.cpu_count() or 1
     tasks = [(image.path, image_size) for image in images]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        loaded = list(pool.map(_load_one, tasks, chunksize=16))
+        progress = tqdm(
+            pool.map(_load_one, tasks, chunksize=16), total=len(tasks), desc="prepare", unit="img"
+        )
+        loaded = list(progress)
 
     kept = [(img, data) for img, data in zip(images, loaded, strict=True) if isinstance(data, bytes)]
     unreadable = [

@@ -118,10 +118,10 @@ def scheduler_for(spec: Spec) -> TrialScheduler:
 
 def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
     """Run the spec's grid; return the run folder and the leaderboard frame."""
-    preflight(spec)
-    prepared = prepared_dataset(spec)
     if "://" in spec.storage:
         raise UserError("remote storage is not supported yet; use a local folder for 'storage'")
+    preflight(spec)
+    prepared = prepared_dataset(spec)
     run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(spec.storage) / run_name
     if not ray.is_initialized():
@@ -141,7 +141,7 @@ def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
             max_concurrent_trials=concurrent_trials(spec),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(name=run_name, storage_path=spec.storage),
+        run_config=tune.RunConfig(name=run_name, storage_path=spec.storage, verbose=1),
     )
     log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run_dir)
     results = tuner.fit()
