@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from orchestrator import leaderboard
 from orchestrator.config import Spec, load_spec
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import IMAGE_SUFFIXES, class_names, prepare, read_manifest
+from orchestrator.prepare import prepare, read_manifest, scan_folder_per_class
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_weights
 
@@ -74,13 +74,10 @@ def prepared_dataset(spec: Spec) -> Path:
 
 
 def _fingerprint(source: Path) -> str:
-    """Changes when any image is added, removed, renamed or resized on disk."""
-    digest = hashlib.sha256()
-    for name in class_names(source):
-        for path in sorted((source / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                digest.update(f"{name}/{path.name}:{path.stat().st_size}\n".encode())
-    return digest.hexdigest()[:10]
+    """Changes when any image is added, removed, renamed, relabelled or rewritten."""
+    _, images = scan_folder_per_class(source)
+    listing = "".join(f"{image.image_id}:{image.path.stat().st_size}\n" for image in images)
+    return hashlib.sha256(listing.encode()).hexdigest()[:10]
 
 
 def concurrent_trials(spec: Spec) -> int:

@@ -7,7 +7,6 @@ whole validation split (it is not sharded), so rank 0's report is the trial's tr
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,7 +97,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val_batches = val_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
         labels, scores = predict(model, val_batches)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, **validation_metrics(labels, scores)}
-        metrics = {k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()}
         _report(metrics, model, optimizer, config, rank)
 
 
