@@ -106,3 +106,32 @@ def test_too_few_images_for_the_folds():
 def test_not_a_prepared_dataset(tmp_path):
     with pytest.raises(UserError, match="orchestrator.prepare"):
         read_manifest(tmp_path)
+
+
+def test_prepare_cli_writes_a_dataset(tmp_path, small_source):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    args = [str(small_source), "--out", str(out), "--size", "48", "--folds", "2", "--workers", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.prepare", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert read_manifest(out)["counts"]["total"] == 40 and '"unreadable": 0' in done.stdout
+
+
+def test_sweep_rejects_a_prepared_dataset_with_other_folds(small_prepared):
+    from orchestrator.config import parse_spec
+    from orchestrator.sweep import prepared_dataset
+
+    spec = parse_spec(
+        {
+            "name": "t",
+            "data": {"prepared": str(small_prepared), "folds": 5},
+            "search": {"backbone": "test_efficientnet", "lr": 0.1},
+            "train": {"epochs": 1},
+        }
+    )
+    with pytest.raises(UserError, match="prepared with 4 folds"):
+        prepared_dataset(spec)
