@@ -30,6 +30,7 @@ from PIL import Image, ImageOps
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
+from orchestrator.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
 from orchestrator.errors import UserError, run_cli
 
 log = logging.getLogger(__name__)
@@ -80,31 +81,46 @@ def scan_folder_per_class(root: Path) -> tuple[list[str], list[SourceImage]]:
     return classes, images
 
 
-def load_resized(path: Path, size: int) -> bytes:
-    """JPEG bytes of the image at `path`, RGB, upright, shorter side at most `size` pixels.
+@dataclass(frozen=True)
+class Loaded:
+    """One decoded image: what goes into the shard, and what the audit needs."""
+
+    jpeg: bytes
+    sha256: str  # of the source file: exact duplicates
+    phash: bytes  # perceptual hash: near-duplicates
+    size: tuple[int, int]  # as stored in the source, before resizing
+    mode: str  # as stored in the source
+
+
+def load_resized(path: Path, size: int) -> Loaded:
+    """The image at `path` as RGB JPEG bytes, upright, shorter side at most `size` pixels.
 
     An upright RGB JPEG that is already small enough passes through byte for byte, which avoids
     a second lossy encode. Raises OSError / ValueError for files that cannot be decoded.
     """
-    with Image.open(path) as image:
-        small_enough = min(image.size) <= size
+    raw = path.read_bytes()
+    with Image.open(io.BytesIO(raw)) as image:
+        original, mode = image.size, image.mode
         image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
         image.load()
         upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
-        if image.format == "JPEG" and image.mode == "RGB" and upright and small_enough:
-            return path.read_bytes()
-        rgb = ImageOps.exif_transpose(image).convert("RGB")
-    if min(rgb.size) > size:
-        scale = size / min(rgb.size)
-        target = (max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale)))
-        rgb = rgb.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return buffer.getvalue()
+        passthrough = image.format == "JPEG" and image.mode == "RGB" and upright and min(original) <= size
+        rgb = image if passthrough else ImageOps.exif_transpose(image).convert("RGB")
+        if min(rgb.size) > size:
+            scale = size / min(rgb.size)
+            target = (max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale)))
+            rgb = rgb.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+        if passthrough:
+            jpeg = raw
+        else:
+            buffer = io.BytesIO()
+            rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+            jpeg = buffer.getvalue()
+        return Loaded(jpeg, hashlib.sha256(raw).hexdigest(), perceptual_hash(rgb), original, mode)
 
 
-def _load_one(task: tuple[Path, int]) -> bytes | str:
-    """Worker-process entry: the bytes, or the reason the file could not be read."""
+def _load_one(task: tuple[Path, int]) -> Loaded | str:
+    """Worker-process entry: the loaded image, or the reason the file could not be read."""
     path, size = task
     try:
         return load_resized(path, size)
@@ -113,7 +129,7 @@ def _load_one(task: tuple[Path, int]) -> bytes | str:
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Stratified folds in which every group (an image, patient or lesion) stays in one fold."""
+    """Stratified folds in which every group (a duplicate cluster, patient or lesion) stays in one fold."""
     counts = Counter(labels.tolist())
     if min(counts.values()) < folds:
         raise UserError(
@@ -127,6 +143,125 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
     return fold
 
 
+@dataclass
+class Record:
+    """What is kept in memory per image while its pixels wait in a raw shard on disk."""
+
+    image_id: str
+    label: int
+    sha256: str
+    phash: bytes
+    size: tuple[int, int]
+    mode: str
+
+
+class ShardWriter:
+    """Writes rows to numbered Parquet files `shard_rows` at a time, so memory stays flat."""
+
+    def __init__(self, folder: Path, prefix: str, shard_rows: int) -> None:
+        self.folder, self.prefix, self.shard_rows = folder, prefix, shard_rows
+        self.rows: list[dict] = []
+        self.files: list[dict] = []
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.shard_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        path = self.folder / f"{self.prefix}-{len(self.files):05d}.parquet"
+        pq.write_table(pa.Table.from_pylist(self.rows, schema=SHARD_SCHEMA), path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        self.files.append(
+            {"file": f"{path.parent.name}/{path.name}", "rows": len(self.rows), "sha256": digest}
+        )
+        self.rows = []
+
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("label", pa.int64()),
+        ("fold", pa.int8()),
+        ("sha256", pa.string()),
+        ("phash", pa.binary()),
+        ("image", pa.binary()),
+    ]
+)
+
+
+def _decode_all(
+    images: list[SourceImage], size: int, workers: int, raw: ShardWriter
+) -> tuple[list[Record], list[dict]]:
+    """Decode + resize in parallel, streaming pixels to raw shards; keep only small records."""
+    records, unreadable = [], []
+    tasks = [(image.path, size) for image in images]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_load_one, tasks, chunksize=8)
+        for image, loaded in tqdm(
+            zip(images, results, strict=True), total=len(tasks), desc="prepare", unit="img"
+        ):
+            if isinstance(loaded, str):
+                log.warning("skipped unreadable image %s (%s)", image.path, loaded)
+                unreadable.append({"path": str(image.path), "reason": loaded})
+                continue
+            records.append(
+                Record(image.image_id, image.label, loaded.sha256, loaded.phash, loaded.size, loaded.mode)
+            )
+            raw.add(
+                {
+                    "image_id": image.image_id,
+                    "label": image.label,
+                    "fold": -1,
+                    "sha256": loaded.sha256,
+                    "phash": loaded.phash,
+                    "image": loaded.jpeg,
+                }
+            )
+    raw.flush()
+    return records, unreadable
+
+
+def audit(records: list[Record], image_size: int) -> tuple[dict, np.ndarray]:
+    """Exact and near duplicates, conversions and small images; and a group id per record that
+    keeps every near-duplicate cluster inside one fold."""
+    pairs = near_pairs([r.phash for r in records])
+    groups = clusters(len(records), pairs)
+    by_content: dict[str, list[str]] = {}
+    for record in records:
+        by_content.setdefault(record.sha256, []).append(record.image_id)
+    members: dict[int, list[str]] = {}
+    for record, group in zip(records, groups.tolist(), strict=True):
+        members.setdefault(group, []).append(record.image_id)
+    report = {
+        "perceptual_hash": f"DCT {HASH_SIDE}x{HASH_SIDE} bits of a 64x64 thumbnail",
+        "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
+        "exact_duplicates": [ids for ids in by_content.values() if len(ids) > 1],
+        "near_duplicate_pairs": [
+            [records[i].image_id, records[j].image_id, bits]
+            for i, j, bits in sorted(pairs, key=lambda p: p[2])
+        ],
+        "near_duplicate_clusters": [ids for ids in members.values() if len(ids) > 1],
+        "converted_to_rgb": dict(Counter(r.mode for r in records if r.mode != "RGB")),
+        "smaller_than_image_size": [r.image_id for r in records if min(r.size) < image_size],
+    }
+    return report, groups
+
+
+def duplicates_of_reference(records: list[Record], reference: Path) -> dict[int, str]:
+    """Record index -> the reference image it duplicates (same file or near-duplicate)."""
+    read_manifest(reference)
+    table = pq.read_table(Path(reference) / SHARDS, columns=["image_id", "sha256", "phash"]).to_pydict()
+    exact = dict(zip(table["sha256"], table["image_id"], strict=True))
+    found = {i: exact[r.sha256] for i, r in enumerate(records) if r.sha256 in exact}
+    for i, j, _ in near_pairs([r.phash for r in records], table["phash"]):
+        found.setdefault(i, table["image_id"][j])
+    return found
+
+
 def prepare(
     source: Path,
     out: Path,
@@ -134,60 +269,56 @@ def prepare(
     folds: int = 5,
     seed: int = 0,
     workers: int | None = None,
-    shard_rows: int = 1024,
+    shard_rows: int = 512,
+    against: Path | None = None,
 ) -> dict:
-    """Prepare `source` into `out` (written whole, or not at all) and return the manifest."""
+    """Prepare `source` into `out` (written whole, or not at all) and return the manifest.
+
+    With `against` (a prepared dataset), every image that duplicates one of the reference's is
+    dropped and counted, so that `out` can serve as an external validation set for it.
+    """
     source, out = Path(source), Path(out)
     if (out / MANIFEST).exists():
         raise UserError(f"{out} already holds a prepared dataset; choose another --out or delete it")
+    if against is not None:
+        read_manifest(against)
     classes, images = scan_folder_per_class(source)
     log.info("preparing %d images of %s from %s at %d px", len(images), classes, source, image_size)
-    workers = workers or os.cpu_count() or 1
-    tasks = [(image.path, image_size) for image in images]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        progress = tqdm(
-            pool.map(_load_one, tasks, chunksize=16), total=len(tasks), desc="prepare", unit="img"
-        )
-        loaded = list(progress)
-
-    kept = [(img, data) for img, data in zip(images, loaded, strict=True) if isinstance(data, bytes)]
-    unreadable = [
-        {"path": str(img.path), "reason": data}
-        for img, data in zip(images, loaded, strict=True)
-        if isinstance(data, str)
-    ]
-    for bad in unreadable:
-        log.warning("skipped unreadable image %s (%s)", bad["path"], bad["reason"])
-    if not kept:
-        raise UserError(f"none of the {len(images)} images in {source} could be decoded")
-
-    labels = np.array([img.label for img, _ in kept])
-    ids = np.array([img.image_id for img, _ in kept])
-    fold = assign_folds(labels, ids, folds, seed)
-    table = pa.table(
-        {
-            "image_id": pa.array(ids.tolist(), pa.string()),
-            "label": pa.array(labels, pa.int64()),
-            "fold": pa.array(fold, pa.int8()),
-            "image": pa.array([data for _, data in kept], pa.binary()),
-        }
-    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = _write(table, staging, shard_rows)
-        manifest.update(
-            format_version=FORMAT_VERSION,
-            source=str(source),
-            layout="folder-per-class",
-            classes=classes,
-            positive_class=classes[-1],
-            image_size=image_size,
-            folds=folds,
-            seed=seed,
-            counts=_counts(labels, fold, classes),
-            unreadable=unreadable,
-        )
+        raw = ShardWriter(staging / "raw", "raw", shard_rows)
+        records, unreadable = _decode_all(images, image_size, workers or os.cpu_count() or 1, raw)
+        if not records:
+            raise UserError(f"none of the {len(images)} images in {source} could be decoded")
+        report, groups = audit(records, image_size)
+        dropped = duplicates_of_reference(records, against) if against is not None else {}
+        keep = np.array([i not in dropped for i in range(len(records))])
+        labels = np.array([r.label for r in records])
+        fold = np.full(len(records), -1, dtype=np.int8)
+        fold[keep] = assign_folds(labels[keep], groups[keep], folds, seed)
+        shards = _finalise(staging, raw.files, keep, fold, shard_rows)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "source": str(source),
+            "layout": "folder-per-class",
+            "classes": classes,
+            "positive_class": classes[-1],
+            "image_size": image_size,
+            "folds": folds,
+            "seed": seed,
+            "fold_groups": "near-duplicate clusters",
+            "counts": _counts(labels[keep], fold[keep], classes),
+            "unreadable": unreadable,
+            "audit": report,
+            "shards": shards,
+        }
+        if against is not None:
+            manifest["against"] = {
+                "reference": str(against),
+                "dropped": len(dropped),
+                "duplicates": [[records[i].image_id, ref] for i, ref in sorted(dropped.items())],
+            }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             out.rmdir()  # only an empty folder gets here; a prepared one was refused above
@@ -195,19 +326,26 @@ def prepare(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("prepared %d images into %s (%d unreadable)", len(kept), out, len(unreadable))
+    log.info("prepared %d images into %s (%d unreadable)", int(keep.sum()), out, len(unreadable))
     return manifest
 
 
-def _write(table: pa.Table, folder: Path, shard_rows: int) -> dict:
-    (folder / SHARDS).mkdir()
-    shards = []
-    for index, start in enumerate(range(0, table.num_rows, shard_rows)):
-        name = f"{SHARDS}/part-{index:05d}.parquet"
-        pq.write_table(table.slice(start, shard_rows), folder / name)
-        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
-        shards.append({"file": name, "rows": min(shard_rows, table.num_rows - start), "sha256": digest})
-    return {"shards": shards}
+def _finalise(
+    staging: Path, raw_files: list[dict], keep: np.ndarray, fold: np.ndarray, shard_rows: int
+) -> list[dict]:
+    """Rewrite the raw shards one at a time with their folds, leaving out dropped rows."""
+    writer = ShardWriter(staging / SHARDS, "part", shard_rows)
+    offset = 0
+    for raw in raw_files:
+        table = pq.read_table(staging / raw["file"]).to_pylist()
+        for row in table:
+            if keep[offset]:
+                writer.add({**row, "fold": int(fold[offset])})
+            offset += 1
+        (staging / raw["file"]).unlink()
+    writer.flush()
+    (staging / "raw").rmdir()
+    return writer.files
 
 
 def _counts(labels: np.ndarray, fold: np.ndarray, classes: list[str]) -> dict:
@@ -232,6 +370,25 @@ def read_manifest(prepared: Path) -> dict:
     return manifest
 
 
+def summary(manifest: dict, out: Path) -> dict:
+    """What a person reads after preparing: counts and the audit's findings."""
+    found = manifest["audit"]
+    result = {
+        "out": str(out),
+        "counts": manifest["counts"],
+        "unreadable": len(manifest["unreadable"]),
+        "exact_duplicate_groups": len(found["exact_duplicates"]),
+        "near_duplicate_pairs": len(found["near_duplicate_pairs"]),
+        "near_duplicate_clusters": len(found["near_duplicate_clusters"]),
+        "images_in_clusters": sum(len(ids) for ids in found["near_duplicate_clusters"]),
+        "converted_to_rgb": found["converted_to_rgb"],
+        "smaller_than_image_size": len(found["smaller_than_image_size"]),
+    }
+    if "against" in manifest:
+        result["dropped_as_duplicates_of_reference"] = manifest["against"]["dropped"]
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.prepare", description=__doc__.split("\n\n")[0]
@@ -242,18 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
     parser.add_argument("--seed", type=int, default=0, help="seed for the fold assignment")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
-    args = parser.parse_args(argv)
-    manifest = prepare(args.source, args.out, args.size, args.folds, args.seed, args.workers)
-    print(
-        json.dumps(
-            {
-                "out": str(args.out),
-                "counts": manifest["counts"],
-                "unreadable": len(manifest["unreadable"]),
-            },
-            indent=2,
-        )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="a prepared dataset: drop (and count) every image that duplicates one of its images",
     )
+    args = parser.parse_args(argv)
+    manifest = prepare(
+        args.source, args.out, args.size, args.folds, args.seed, args.workers, against=args.against
+    )
+    print(json.dumps(summary(manifest, args.out), indent=2))
     return 0
 
 

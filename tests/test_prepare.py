@@ -67,16 +67,16 @@ def test_large_rotated_grayscale_and_palette_images_become_upright_rgb(tmp_path)
     photo.convert("RGBA").save(tmp_path / "alpha.png")
     import io
 
-    with Image.open(io.BytesIO(load_resized(tmp_path / "rotated.jpg", 100))) as image:
+    with Image.open(io.BytesIO(load_resized(tmp_path / "rotated.jpg", 100).jpeg)) as image:
         assert image.mode == "RGB" and image.size == (100, 150)  # upright: taller than wide
     for name in ("gray.jpg", "palette.png", "alpha.png"):
-        with Image.open(io.BytesIO(load_resized(tmp_path / name, 100))) as image:
+        with Image.open(io.BytesIO(load_resized(tmp_path / name, 100).jpeg)) as image:
             assert image.mode == "RGB" and image.size == (150, 100)
 
 
 def test_small_upright_jpeg_passes_through_unchanged():
     path = next((SAMPLE / "benign").glob("*.jpg"))
-    assert load_resized(path, 224) == path.read_bytes()
+    assert load_resized(path, 224).jpeg == path.read_bytes()
 
 
 def test_folder_without_images_is_a_user_error(tmp_path):
