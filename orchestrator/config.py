@@ -30,6 +30,10 @@ class Strict(BaseModel):
 class DataSpec(Strict):
     source: Path | None = Field(None, description="raw folder-per-class images, prepared on first use")
     prepared: Path | None = Field(None, description="a dataset made by orchestrator.prepare")
+    layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
+    malignant: list[str] | None = Field(
+        None, description="diagnoses called malignant (default: the source's rule)"
+    )
     folds: int = Field(5, ge=2)
     val_fold: int = Field(0, ge=0)
     image_size: int | None = Field(None, ge=16, description="pixels; default: each backbone's own")

@@ -32,53 +32,15 @@ from tqdm import tqdm
 
 from orchestrator.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
 from orchestrator.errors import UserError, run_cli
+from orchestrator.sources import META_FIELDS, READERS, SourceImage, read_source
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-POSITIVE_NAMES = ("malignant", "melanoma", "mel")  # the class a screening tool must not miss
 MANIFEST = "manifest.json"
 SHARDS = "shards"
 FORMAT_VERSION = 1
 JPEG_QUALITY = 95
 EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class SourceImage:
-    path: Path
-    image_id: str
-    label: int
-
-
-def class_names(root: Path) -> list[str]:
-    """Sub-folders holding images, negative class first (benign before malignant)."""
-    if not root.is_dir():
-        raise UserError(f"data source not found or not a folder: {root}")
-    names = sorted(d.name for d in root.iterdir() if d.is_dir() and any(_is_image(p) for p in d.iterdir()))
-    if len(names) < 2:
-        found = f"only '{names[0]}'" if names else "no class folder with images"
-        raise UserError(
-            f"no usable images in {root}: found {found}; expected one sub-folder per class "
-            f"(e.g. benign/ and malignant/) holding {', '.join(sorted(IMAGE_SUFFIXES))} files"
-        )
-    positive = [n for n in names if n.lower() in POSITIVE_NAMES]
-    return [n for n in names if n not in positive] + positive
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def scan_folder_per_class(root: Path) -> tuple[list[str], list[SourceImage]]:
-    classes = class_names(root)
-    images = [
-        SourceImage(path, f"{name}/{path.stem}", label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).iterdir())
-        if _is_image(path)
-    ]
-    return classes, images
 
 
 @dataclass(frozen=True)
@@ -153,6 +115,7 @@ class Record:
     phash: bytes
     size: tuple[int, int]
     mode: str
+    meta: dict[str, str]
 
 
 class ShardWriter:
@@ -188,6 +151,7 @@ SHARD_SCHEMA = pa.schema(
         ("fold", pa.int8()),
         ("sha256", pa.string()),
         ("phash", pa.binary()),
+        *[(name, pa.string()) for name in META_FIELDS],
         ("image", pa.binary()),
     ]
 )
@@ -209,7 +173,15 @@ def _decode_all(
                 unreadable.append({"path": str(image.path), "reason": loaded})
                 continue
             records.append(
-                Record(image.image_id, image.label, loaded.sha256, loaded.phash, loaded.size, loaded.mode)
+                Record(
+                    image.image_id,
+                    image.label,
+                    loaded.sha256,
+                    loaded.phash,
+                    loaded.size,
+                    loaded.mode,
+                    image.meta,
+                )
             )
             raw.add(
                 {
@@ -218,6 +190,7 @@ def _decode_all(
                     "fold": -1,
                     "sha256": loaded.sha256,
                     "phash": loaded.phash,
+                    **{name: image.meta.get(name) for name in META_FIELDS},
                     "image": loaded.jpeg,
                 }
             )
@@ -229,7 +202,7 @@ def audit(records: list[Record], image_size: int) -> tuple[dict, np.ndarray]:
     """Exact and near duplicates, conversions and small images; and a group id per record that
     keeps every near-duplicate cluster inside one fold."""
     pairs = near_pairs([r.phash for r in records])
-    groups = clusters(len(records), pairs)
+    groups = clusters(len(records), pairs + same_subject_pairs(records))
     by_content: dict[str, list[str]] = {}
     for record in records:
         by_content.setdefault(record.sha256, []).append(record.image_id)
@@ -249,6 +222,18 @@ def audit(records: list[Record], image_size: int) -> tuple[dict, np.ndarray]:
         "smaller_than_image_size": [r.image_id for r in records if min(r.size) < image_size],
     }
     return report, groups
+
+
+def same_subject_pairs(records: list[Record]) -> list[tuple[int, int, int]]:
+    """Pairs linking images of one patient or one lesion, where the source says so."""
+    pairs = []
+    for key in ("patient_id", "lesion_id"):
+        first: dict[str, int] = {}
+        for index, record in enumerate(records):
+            value = record.meta.get(key)
+            if value:
+                pairs.append((first.setdefault(value, index), index, 0))
+    return pairs
 
 
 def duplicates_of_reference(records: list[Record], reference: Path) -> dict[int, str]:
@@ -271,6 +256,8 @@ def prepare(
     workers: int | None = None,
     shard_rows: int = 512,
     against: Path | None = None,
+    layout: str = "auto",
+    malignant: frozenset[str] | None = None,
 ) -> dict:
     """Prepare `source` into `out` (written whole, or not at all) and return the manifest.
 
@@ -282,7 +269,7 @@ def prepare(
         raise UserError(f"{out} already holds a prepared dataset; choose another --out or delete it")
     if against is not None:
         read_manifest(against)
-    classes, images = scan_folder_per_class(source)
+    layout, classes, images = read_source(source, layout, malignant)
     log.info("preparing %d images of %s from %s at %d px", len(images), classes, source, image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -301,13 +288,15 @@ def prepare(
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": str(source),
-            "layout": "folder-per-class",
+            "layout": layout,
+            "malignant": sorted(malignant) if malignant else "source default",
             "classes": classes,
             "positive_class": classes[-1],
             "image_size": image_size,
             "folds": folds,
             "seed": seed,
-            "fold_groups": "near-duplicate clusters",
+            "fold_groups": "near-duplicate clusters joined with patient and lesion ids",
+            "metadata_fields": [f for f in META_FIELDS if any(r.meta.get(f) for r in records)],
             "counts": _counts(labels[keep], fold[keep], classes),
             "unreadable": unreadable,
             "audit": report,
@@ -375,6 +364,7 @@ def summary(manifest: dict, out: Path) -> dict:
     found = manifest["audit"]
     result = {
         "out": str(out),
+        "layout": manifest["layout"],
         "counts": manifest["counts"],
         "unreadable": len(manifest["unreadable"]),
         "exact_duplicate_groups": len(found["exact_duplicates"]),
@@ -393,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.prepare", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("source", type=Path, help="folder with one sub-folder of images per class")
+    parser.add_argument("source", type=Path, help="image folder: one sub-folder per class, or an ISIC layout")
+    parser.add_argument("--layout", default="auto", choices=["auto", *READERS], help="default: detected")
+    parser.add_argument(
+        "--malignant", help="comma-separated diagnoses to call malignant (default: the source's own rule)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the prepared dataset to")
     parser.add_argument("--size", type=int, default=224, help="shorter side in pixels (default 224)")
     parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
@@ -406,7 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     manifest = prepare(
-        args.source, args.out, args.size, args.folds, args.seed, args.workers, against=args.against
+        args.source,
+        args.out,
+        args.size,
+        args.folds,
+        args.seed,
+        args.workers,
+        against=args.against,
+        layout=args.layout,
+        malignant=frozenset(args.malignant.split(",")) if args.malignant else None,
     )
     print(json.dumps(summary(manifest, args.out), indent=2))
     return 0

@@ -23,7 +23,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from orchestrator import leaderboard
 from orchestrator.config import Spec, load_spec
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import prepare, read_manifest, scan_folder_per_class
+from orchestrator.prepare import prepare, read_manifest
+from orchestrator.sources import read_source
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_weights
 
@@ -65,18 +66,22 @@ def prepared_dataset(spec: Spec) -> Path:
             )
         return data.prepared
     size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
-    out = data.cache / f"{data.source.name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(data.source)}"
+    out = data.cache / f"{data.source.name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
     if (out / "manifest.json").exists():
         log.info("using prepared dataset %s", out)
         return out
-    prepare(data.source, out, image_size=size, folds=data.folds, seed=data.seed)
+    malignant = frozenset(data.malignant) if data.malignant else None
+    prepare(data.source, out, size, data.folds, data.seed, layout=data.layout, malignant=malignant)
     return out
 
 
-def _fingerprint(source: Path) -> str:
+def _fingerprint(spec: Spec) -> str:
     """Changes when any image is added, removed, renamed, relabelled or rewritten."""
-    _, images = scan_folder_per_class(source)
-    listing = "".join(f"{image.image_id}:{image.path.stat().st_size}\n" for image in images)
+    malignant = frozenset(spec.data.malignant) if spec.data.malignant else None
+    layout, _, images = read_source(spec.data.source, spec.data.layout, malignant)
+    listing = f"{layout}:{sorted(malignant or [])}\n" + "".join(
+        f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
+    )
     return hashlib.sha256(listing.encode()).hexdigest()[:10]
 
 
