@@ -116,6 +116,7 @@ class Record:
     size: tuple[int, int]
     mode: str
     meta: dict[str, str]
+    path: Path
 
 
 class ShardWriter:
@@ -181,6 +182,7 @@ def _decode_all(
                     loaded.size,
                     loaded.mode,
                     image.meta,
+                    image.path,
                 )
             )
             raw.add(
@@ -236,14 +238,15 @@ def same_subject_pairs(records: list[Record]) -> list[tuple[int, int, int]]:
     return pairs
 
 
-def duplicates_of_reference(records: list[Record], reference: Path) -> dict[int, str]:
-    """Record index -> the reference image it duplicates (same file or near-duplicate)."""
+def duplicates_of_reference(records: list[Record], reference: Path) -> dict[int, tuple[str, int]]:
+    """Record index -> (the reference image it duplicates, Hamming bits; 0 for the same file)."""
     read_manifest(reference)
     table = pq.read_table(Path(reference) / SHARDS, columns=["image_id", "sha256", "phash"]).to_pydict()
     exact = dict(zip(table["sha256"], table["image_id"], strict=True))
-    found = {i: exact[r.sha256] for i, r in enumerate(records) if r.sha256 in exact}
-    for i, j, _ in near_pairs([r.phash for r in records], table["phash"]):
-        found.setdefault(i, table["image_id"][j])
+    found = {i: (exact[r.sha256], 0) for i, r in enumerate(records) if r.sha256 in exact}
+    for i, j, bits in near_pairs([r.phash for r in records], table["phash"]):
+        if i not in found or bits < found[i][1]:
+            found[i] = (table["image_id"][j], bits)
     return found
 
 
@@ -306,7 +309,10 @@ def prepare(
             manifest["against"] = {
                 "reference": str(against),
                 "dropped": len(dropped),
-                "duplicates": [[records[i].image_id, ref] for i, ref in sorted(dropped.items())],
+                "duplicates": [
+                    [records[i].image_id, ref, bits, str(records[i].path)]
+                    for i, (ref, bits) in sorted(dropped.items())
+                ],
             }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
