@@ -54,6 +54,15 @@ class Loaded:
     mode: str  # as stored in the source
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode; 16- and 32-bit grayscale is scaled to 8 bits, not clipped."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255, 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_resized(path: Path, size: int) -> Loaded:
     """The image at `path` as RGB JPEG bytes, upright, shorter side at most `size` pixels.
 
@@ -67,7 +76,7 @@ def load_resized(path: Path, size: int) -> Loaded:
         image.load()
         upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
         passthrough = image.format == "JPEG" and image.mode == "RGB" and upright and min(original) <= size
-        rgb = image if passthrough else ImageOps.exif_transpose(image).convert("RGB")
+        rgb = image if passthrough else to_rgb(ImageOps.exif_transpose(image))
         if min(rgb.size) > size:
             scale = size / min(rgb.size)
             target = (max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale)))

@@ -103,3 +103,23 @@ def test_real_kaggle_audit_and_isic2017_as_an_external_set(tmp_path):
     assert external["layout"] == "isic2017"
     assert external["against"]["dropped"] > 100  # many ISIC 2017 melanomas are in the Kaggle set
     assert external["counts"]["total"] == 2150 - external["against"]["dropped"]
+
+
+def test_patient_groups_never_straddle_folds_and_folds_repeat_for_a_seed(tmp_path):
+    source = tmp_path / "isic2020"
+    (source / "train").mkdir(parents=True)
+    paths = sorted(SAMPLE.glob("*/*.jpg"))[::5]  # 60 real images, both classes
+    rows = [["image_name", "patient_id", "benign_malignant", "target"]]
+    for n, path in enumerate(paths):
+        image_id = f"ISIC_{n:07d}"
+        (source / "train" / f"{image_id}.jpg").write_bytes(path.read_bytes())
+        malignant = path.parent.name == "malignant"
+        rows.append([image_id, f"IP_{n // 4}", "malignant" if malignant else "benign", str(int(malignant))])
+    with (source / "train.csv").open("w") as handle:
+        handle.writelines(",".join(r) + "\n" for r in rows)
+    first = prepare(source, tmp_path / "a", image_size=64, folds=3, seed=1, workers=1)
+    again = prepare(source, tmp_path / "b", image_size=64, folds=3, seed=1, workers=2)
+    assert first["layout"] == "isic2020" and "patient_id" in first["metadata_fields"]
+    table = pq.read_table(tmp_path / "a" / "shards", columns=["patient_id", "fold"]).to_pandas()
+    assert (table.groupby("patient_id")["fold"].nunique() == 1).all()
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]

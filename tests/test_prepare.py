@@ -69,9 +69,13 @@ def test_large_rotated_grayscale_and_palette_images_become_upright_rgb(tmp_path)
 
     with Image.open(io.BytesIO(load_resized(tmp_path / "rotated.jpg", 100).jpeg)) as image:
         assert image.mode == "RGB" and image.size == (100, 150)  # upright: taller than wide
-    for name in ("gray.jpg", "palette.png", "alpha.png"):
+    photo.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    sixteen = (np.asarray(photo.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.png")
+    for name in ("gray.jpg", "palette.png", "alpha.png", "cmyk.jpg", "sixteen.png"):
         with Image.open(io.BytesIO(load_resized(tmp_path / name, 100).jpeg)) as image:
             assert image.mode == "RGB" and image.size == (150, 100)
+            assert 40 < np.asarray(image).mean() < 215, name  # not clipped to black or white
 
 
 def test_small_upright_jpeg_passes_through_unchanged():

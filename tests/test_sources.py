@@ -150,3 +150,16 @@ def test_real_isic2017_counts():
     diagnoses = [i.meta["diagnosis"] for i in images]
     assert diagnoses.count("melanoma") == 404 and sum(i.label for i in images) == 404
     assert diagnoses.count("seborrheic_keratosis") == 296
+
+
+def test_every_layout_has_a_dataset_card():
+    import yaml
+
+    from orchestrator.sources import READERS
+    from tests.conftest import ROOT
+
+    cards = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "datasets" / "cards").glob("*.yaml")}
+    assert set(cards) == set(READERS)
+    assert all(
+        card["layout"] == name and card["licence"] and card["citation"] for name, card in cards.items()
+    )
