@@ -163,3 +163,24 @@ def test_every_layout_has_a_dataset_card():
     assert all(
         card["layout"] == name and card["licence"] and card["citation"] for name, card in cards.items()
     )
+
+
+def test_a_spec_can_relabel_an_isic_source(tmp_path):
+    from orchestrator.config import parse_spec
+    from orchestrator.prepare import read_manifest
+    from orchestrator.sweep import prepared_dataset
+
+    rows = [["image_id", "melanoma", "seborrheic_keratosis"]]
+    rows += [[i, "1.0" if n >= 6 else "0.0", "1.0" if n in (0, 1) else "0.0"] for n, i in enumerate(IDS)]
+    root = lay_out(tmp_path / "src", IDS, {"X_Part3_GroundTruth.csv": rows})
+    raw = {
+        "name": "t",
+        "data": {"source": str(root), "folds": 2, "image_size": 32, "cache": str(tmp_path / "cache")},
+        "search": {"backbone": "test_efficientnet", "lr": 0.1},
+        "train": {"epochs": 1},
+    }
+    default = read_manifest(prepared_dataset(parse_spec(raw)))
+    raw["data"]["malignant"] = ["melanoma", "seborrheic_keratosis"]
+    relabelled = read_manifest(prepared_dataset(parse_spec(raw)))
+    assert default["counts"]["per_class"] == {"benign": 6, "malignant": 2}
+    assert relabelled["counts"]["per_class"] == {"benign": 4, "malignant": 4}
