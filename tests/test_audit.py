@@ -76,6 +76,10 @@ def test_against_drops_what_the_reference_already_has(tmp_path):
     manifest = prepare(second, tmp_path / "ext", image_size=64, folds=2, workers=1, against=tmp_path / "ref")
     assert manifest["against"]["dropped"] == 20 and reference["counts"]["total"] == 20
     assert manifest["counts"]["total"] == 12
+    assert (
+        sheet(tmp_path / "ext", tmp_path / "dropped.png", count=6) == 6
+    )  # dropped images come from the source
+    assert Image.open(tmp_path / "dropped.png").getbbox() is not None
 
 
 def grouped_fold_check(prepared):
