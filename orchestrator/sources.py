@@ -18,11 +18,14 @@ diagnoses. Patient and lesion ids, age, sex and site are kept when the source ha
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 POSITIVE_NAMES = ("malignant", "melanoma", "mel")
@@ -193,6 +196,8 @@ def _read_table(
                 skipped += 1  # indeterminate or unlabelled: not usable for a binary task
                 continue
             rows.append((row[id_column], label, meta))
+    if skipped:
+        log.warning("%s: skipped %d rows that are neither benign nor malignant", root, skipped)
     return BINARY_CLASSES, _Index(root).resolve(rows, f"'{id_column}' table")
 
 
