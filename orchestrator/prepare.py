@@ -1,11 +1,13 @@
-"""Turn a folder-per-class image source into a prepared dataset, once.
+"""Turn an image source (a folder per class, or an ISIC download) into a prepared dataset, once.
 
 Decoding multi-megapixel dermoscopy originals every epoch is the classic bottleneck, so each image
 is decoded and resized here a single time (JPEG draft-mode decoding where it applies, EXIF
-orientation applied) and stored as JPEG bytes with its label, id and fold in Parquet shards.
-A `manifest.json` records classes, counts per fold and class, unreadable files and shard hashes.
+orientation applied), in parallel, and streamed as JPEG bytes with its label, fold and metadata
+into Parquet shards. `manifest.json` records classes, counts per fold and class, unreadable files,
+shard hashes and the duplicate audit (see `audit.py`).
 
     python -m orchestrator.prepare SOURCE --out DIR [--size 224] [--folds 5] [--seed 0]
+                                   [--layout auto] [--malignant MEL,BCC] [--against PREPARED]
 """
 
 from __future__ import annotations
@@ -279,6 +281,8 @@ def prepare(
     source, out = Path(source), Path(out)
     if (out / MANIFEST).exists():
         raise UserError(f"{out} already holds a prepared dataset; choose another --out or delete it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder; choose another --out")
     if against is not None:
         read_manifest(against)
     layout, classes, images = read_source(source, layout, malignant)
@@ -325,7 +329,7 @@ def prepare(
             }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
-            out.rmdir()  # only an empty folder gets here; a prepared one was refused above
+            out.rmdir()  # only an empty folder gets here; anything else was refused above
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -139,3 +139,11 @@ def test_sweep_rejects_a_prepared_dataset_with_other_folds(small_prepared):
     )
     with pytest.raises(UserError, match="prepared with 4 folds"):
         prepared_dataset(spec)
+
+
+def test_refuses_a_folder_that_holds_something_else(tmp_path, small_source):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an empty folder"):
+        prepare(small_source, tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
