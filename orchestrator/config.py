@@ -71,6 +71,7 @@ class TrainSpec(Strict):
         "hub", description="hub | file:PATH | package | none, or a mapping backbone -> source"
     )
     seed: int = 0
+    max_failures: int = Field(2, ge=0, description="restarts from the last checkpoint after a worker dies")
 
     def weights_for(self, backbone: str) -> str:
         if isinstance(self.weights, str):

@@ -30,11 +30,22 @@ def best_checkpoint(trial_checkpoints: Path, metric: str, mode: str) -> tuple[st
 
 
 def _status(result, trial_id: str, stopped_early: set[str]) -> tuple[str, str]:
+    failure = (result.metrics or {}).get("failure")
+    if failure:  # the train loop ended the trial itself, e.g. on a non-finite loss
+        return "failed", str(failure)
     if result.error is not None:
         lines = [line for line in str(result.error).splitlines() if line.strip()]
         reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
         return "failed", reason.strip()[:300]
     return ("stopped early" if trial_id in stopped_early else "completed"), ""
+
+
+def _epochs_completed(history: pd.DataFrame | None) -> int:
+    """Epochs that reported validation metrics (a failure report is not a completed epoch)."""
+    if history is None or "val_loss" not in history:
+        return 0
+    done = history["epoch"][history["val_loss"].notna()]
+    return int(done.max()) if len(done) else 0
 
 
 def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set[str]) -> pd.DataFrame:
@@ -51,7 +62,7 @@ def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set
             **result.config,
             "weights": weights if weights != "none" else "none (random init)",
             "status": status,
-            "epochs_run": int(history["epoch"].max()) if history is not None and "epoch" in history else 0,
+            "epochs_run": _epochs_completed(history),
         }
         found = best_checkpoint(checkpoints / trial_id, metric, mode)
         if found:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import ray.tune
-from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -74,6 +74,7 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -
             name=ray.tune.get_context().get_trial_id(),
             storage_path=str(Path(run_dir) / CHECKPOINTS),
             callbacks=[TuneReportCallback()],
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=2,
                 checkpoint_score_attribute=spec.scheduler.metric,

@@ -42,8 +42,9 @@ def sweep(ray_local, tmp_path_factory):
                 "cache": str(root / "prepared"),
             },
             # The trial that learns runs first. The two with a zero learning rate cannot lower
-            # their training loss, so ASHA, comparing it at epoch 2, stops them.
-            "search": {"backbone": "tf_efficientnet_lite0", "lr": [1e-3, 0.0, 0.0], "batch_size": 16},
+            # their training loss, so ASHA, comparing it at epoch 2, stops them. The last one's
+            # learning rate is absurd: its loss diverges, which must end that trial alone.
+            "search": {"backbone": "tf_efficientnet_lite0", "lr": [1e-3, 0.0, 0.0, 1e30], "batch_size": 16},
             "train": {"epochs": 3, "weights": "package"},
             "scheduler": {"type": "asha", "metric": "train_loss", "grace_period": 2, "reduction_factor": 2},
             "storage": str(root / "runs"),
@@ -55,12 +56,20 @@ def sweep(ray_local, tmp_path_factory):
 
 def test_one_leaderboard_row_per_trial(sweep):
     spec, run_dir, frame = sweep
-    assert len(frame) == len(spec.grid()) == 3
-    assert (frame["status"] != "failed").all(), frame["error"].tolist()
+    assert len(frame) == len(spec.grid()) == 4
     written = pd.read_csv(run_dir / "leaderboard.csv")
-    assert len(written) == 3 and list(written["rank"]) == [1, 2, 3]
+    assert len(written) == 4 and list(written["rank"]) == [1, 2, 3, 4]
     assert "| rank |" in (run_dir / "leaderboard.md").read_text()
-    assert frame["best_train_loss"].is_monotonic_increasing  # best (lowest) first
+    scored = frame[frame["status"] != "failed"]
+    assert len(scored) == 3 and scored["best_train_loss"].is_monotonic_increasing  # best (lowest) first
+
+
+def test_a_diverging_trial_fails_alone_with_its_reason(sweep):
+    _, _, frame = sweep
+    failed = frame[frame["status"] == "failed"]
+    assert failed["lr"].tolist() == [1e30] and failed["rank"].tolist() == [4]
+    assert "non-finite training loss" in failed["error"].iloc[0]
+    assert failed["epochs_run"].iloc[0] == 0
 
 
 def test_asha_stopped_a_trial_early(sweep):
@@ -68,6 +77,7 @@ def test_asha_stopped_a_trial_early(sweep):
     stopped = frame[frame["status"] == "stopped early"]
     assert len(stopped) >= 1, frame[["lr", "status", "epochs_run", "best_train_loss"]]
     assert (stopped["epochs_run"] < 3).all()
+    assert frame[frame["status"] == "completed"]["lr"].tolist() == [1e-3]
     assert (frame[frame["status"] == "completed"]["epochs_run"] == 3).all()
 
 

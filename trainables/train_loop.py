@@ -26,11 +26,21 @@ from trainables.optimizers import build_optimizer
 log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 512
+REPORTED_METRICS = (
+    "train_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_specificity",
+    "val_f1",
+    "val_auc",
+    "val_loss",
+)
 OPTIMIZER_FILE = "optimizer.pt"
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training diverged (NaN or inf loss); the trial fails with this reason."""
+    """Training diverged (NaN or inf loss). Reported as the trial's failure, not retried."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -93,7 +103,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_batches = train_shard.iter_torch_batches(
             batch_size=batch_size, dtypes=dtypes, device=device, local_shuffle_buffer_size=SHUFFLE_BUFFER
         )
-        train_loss = train_one_epoch(model, optimizer, train_batches)
+        try:
+            train_loss = train_one_epoch(model, optimizer, train_batches)
+        except NonFiniteLossError as err:
+            # a restart would diverge again: end this trial with the reason, let the sweep go on
+            failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report
+            failure.update(epoch=epoch + 1, failure=f"epoch {epoch + 1}: {err}")
+            ray.train.report(failure)
+            return
         val_batches = val_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
         labels, scores = predict(model, val_batches)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, **validation_metrics(labels, scores)}
