@@ -1,0 +1,70 @@
+"""Failures a sweep must survive: a Train worker killed mid-trial resumes from its checkpoint."""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import parse_spec
+from orchestrator.sweep import run_sweep
+from tests.conftest import copy_subset
+
+pytestmark = pytest.mark.slow
+
+
+def train_worker_pids() -> list[int]:
+    """Processes whose title names a Ray Train worker (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"RayTrainWorker" in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
+def kill_worker_after_first_checkpoint(storage: Path, killed: list[int], timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(storage.glob("*/checkpoints/*/checkpoint_*/meta.json")):
+            for pid in train_worker_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.2)
+
+
+def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
+    storage = tmp_path / "runs"
+    spec = parse_spec(
+        {
+            "name": "kill",
+            "data": {
+                "source": str(copy_subset(tmp_path / "source", per_class=24)),
+                "folds": 3,
+                "image_size": 64,
+                "cache": str(tmp_path / "prepared"),
+            },
+            "search": {"backbone": "tf_efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
+            "train": {"epochs": 4, "weights": "package", "max_failures": 2},
+            "scheduler": {"type": "fifo"},
+            "storage": str(storage),
+        }
+    )
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_worker_after_first_checkpoint, args=(storage, killed))
+    killer.start()
+    run_dir, frame = run_sweep(spec)
+    killer.join()
+    assert killed, "no Train worker was found to kill"
+    row = frame.iloc[0]
+    assert row["status"] == "completed" and row["epochs_run"] == 4, row.to_dict()
+    results = (next(run_dir.glob("*/result.json"))).read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in results]
+    assert sorted(set(epochs)) == [1, 2, 3, 4]
+    assert len(epochs) <= 5  # at most the epoch in flight is run again
