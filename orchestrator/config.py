@@ -41,6 +41,10 @@ class DataSpec(Strict):
     balance: Literal["oversample", "none"] = "oversample"
     seed: int = 0
 
+    @property
+    def malignant_set(self) -> frozenset[str] | None:
+        return frozenset(self.malignant) if self.malignant else None
+
     @model_validator(mode="after")
     def _one_location(self) -> DataSpec:
         if (self.source is None) == (self.prepared is None):

@@ -70,16 +70,15 @@ def prepared_dataset(spec: Spec) -> Path:
     if (out / "manifest.json").exists():
         log.info("using prepared dataset %s", out)
         return out
-    malignant = frozenset(data.malignant) if data.malignant else None
-    prepare(data.source, out, size, data.folds, data.seed, layout=data.layout, malignant=malignant)
+    prepare(data.source, out, size, data.folds, data.seed, layout=data.layout, malignant=data.malignant_set)
     return out
 
 
 def _fingerprint(spec: Spec) -> str:
     """Changes when any image is added, removed, renamed, relabelled or rewritten."""
-    malignant = frozenset(spec.data.malignant) if spec.data.malignant else None
-    layout, _, images = read_source(spec.data.source, spec.data.layout, malignant)
-    listing = f"{layout}:{sorted(malignant or [])}\n" + "".join(
+    data = spec.data
+    layout, _, images = read_source(data.source, data.layout, data.malignant_set)
+    listing = f"{layout}:{sorted(data.malignant or [])}\n" + "".join(
         f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
     )
     return hashlib.sha256(listing.encode()).hexdigest()[:10]

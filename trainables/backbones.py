@@ -111,12 +111,12 @@ def init_head(model: nn.Module) -> nn.Module:
 def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Module:
     source = WeightSource.parse(weights) if isinstance(weights, str) else weights
     check_backbone(name)
+    if source.kind in ("file", "package"):
+        check_weights(name, source)
     if source.kind == "none":
         log.warning("%s: random initialisation (weights: none) -- NOT pretrained", name)
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
     if source.kind == "file":
-        if not source.path.is_file():
-            raise UserError(f"weights file not found for {name}: {source.path}")
         return timm.create_model(
             name,
             pretrained=True,
@@ -124,7 +124,6 @@ def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Modu
             pretrained_cfg_overlay={"file": str(source.path)},
         )
     if source.kind == "package":
-        check_weights(name, source)
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         state = PACKAGE_WEIGHTS[name]()
         head = model.default_cfg.get("classifier", "classifier")
