@@ -35,22 +35,33 @@ class DataSpec(Strict):
         None, description="diagnoses called malignant (default: the source's rule)"
     )
     folds: int = Field(5, ge=2)
-    val_fold: int = Field(0, ge=0)
+    val_fold: int | list[int] | Literal["all"] = Field(
+        0, description="the validation fold; a list or 'all' trains every configuration on each (k-fold CV)"
+    )
     image_size: int | None = Field(None, ge=16, description="pixels; default: each backbone's own")
     cache: Path = Field(Path("prepared"), description="where prepared copies of `source` are kept")
-    balance: Literal["oversample", "none"] = "oversample"
+    balance: Literal["oversample", "class_weight", "none"] = Field(
+        "oversample", description="oversample the minority class, weight the loss by class, or neither"
+    )
     seed: int = 0
 
     @property
     def malignant_set(self) -> frozenset[str] | None:
         return frozenset(self.malignant) if self.malignant else None
 
+    @property
+    def val_folds(self) -> list[int]:
+        if self.val_fold == "all":
+            return list(range(self.folds))
+        return as_list(self.val_fold)
+
     @model_validator(mode="after")
     def _one_location(self) -> DataSpec:
         if (self.source is None) == (self.prepared is None):
             raise ValueError("give exactly one of 'source' (raw images) or 'prepared'")
-        if self.val_fold >= self.folds:
-            raise ValueError(f"val_fold must be below folds ({self.folds})")
+        bad = [fold for fold in self.val_folds if not 0 <= fold < self.folds]
+        if bad or not self.val_folds or len(set(self.val_folds)) != len(self.val_folds):
+            raise ValueError(f"val_fold must be distinct folds from 0 to {self.folds - 1}, or 'all'")
         return self
 
 
@@ -76,6 +87,22 @@ class TrainSpec(Strict):
     )
     seed: int = 0
     max_failures: int = Field(2, ge=0, description="restarts from the last checkpoint after a worker dies")
+    freeze_epochs: int = Field(0, ge=0, description="epochs that train only the new head, backbone frozen")
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="backbone learning rate = lr x this (the head gets lr)"
+    )
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up; again for the unfrozen backbone")
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that have it, else fp16 with loss scaling; fp32 on CPU"
+    )
+
+    @model_validator(mode="after")
+    def _unfreezes(self) -> TrainSpec:
+        if self.freeze_epochs >= self.epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs})")
+        return self
 
     def weights_for(self, backbone: str) -> str:
         if isinstance(self.weights, str):
@@ -127,8 +154,11 @@ class Spec(Strict):
         return self
 
     def searched(self) -> dict[str, list]:
-        """Every searchable key with its values (a fixed value is a one-element list)."""
-        return {key: as_list(getattr(self.search, key)) for key in SEARCHABLE}
+        """Every searchable key with its values (a fixed value is a one-element list), and the
+        validation fold, which is an axis of its own under k-fold cross-validation."""
+        axes = {key: as_list(getattr(self.search, key)) for key in SEARCHABLE}
+        axes["val_fold"] = self.data.val_folds
+        return axes
 
     def grid(self) -> list[dict[str, Any]]:
         """All trial configurations, in a stable order."""

@@ -12,6 +12,7 @@ import torch
 from orchestrator.prepare import SHARDS
 from orchestrator.presets import Preprocess
 from trainables.checkpoint import load_checkpoint
+from trainables.precision import Normalize
 from trainables.train_loop import predict, validation_metrics
 
 
@@ -31,6 +32,6 @@ def fold_batches(prepared: Path, fold: int, preprocess: Preprocess, batch_size: 
 def evaluate_fold(checkpoint: Path, prepared: Path, fold: int) -> dict[str, float]:
     """Validation metrics of `checkpoint` on `fold` of `prepared`."""
     model, meta = load_checkpoint(Path(checkpoint))
-    preprocess = Preprocess(meta["image_size"], tuple(meta["mean"]), tuple(meta["std"]))
-    labels, scores = predict(model, fold_batches(prepared, fold, preprocess))
+    normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
+    labels, scores = predict(model, fold_batches(prepared, fold, Preprocess(meta["image_size"])), normalize)
     return validation_metrics(labels, scores)

@@ -9,10 +9,23 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ResultGrid
 
-from orchestrator.config import Spec
+from orchestrator.config import SEARCHABLE, Spec
 
-REPORTED = ["val_auc", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_loss", "train_loss"]
-SHOWN = ["rank", "backbone", "weights", "lr", "optimizer", "batch_size", "status", "epochs_run"]
+REPORTED = [
+    "val_auc",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "val_loss",
+    "val_threshold",
+    "val_recall_at_threshold",
+    "val_specificity_at_threshold",
+    "train_loss",
+]
+SHOWN = ["rank", "backbone", "weights", "lr", "optimizer", "batch_size", "val_fold", "status", "epochs_run"]
+# what a k-fold summary averages, from each fold's final epoch
+CV_METRICS = ["val_auc", "val_recall_at_threshold", "val_specificity_at_threshold", "val_recall", "val_f1"]
 
 
 def best_checkpoint(trial_checkpoints: Path, metric: str, mode: str) -> tuple[str, dict] | None:
@@ -95,16 +108,34 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def by_configuration(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """k-fold cross-validation: one row per configuration, the mean and standard deviation over its
+    folds of the final epoch's validation metrics (and of the best epoch's `metric`), best first."""
+    keys = [key for key in (*SEARCHABLE, "weights") if key in frame]
+    completed = ("status", lambda status: int((status == "completed").sum()))
+    columns = {"folds": ("val_fold", "count"), "completed": completed}
+    for name in [f"best_{metric}"] + [f"last_{m}" for m in CV_METRICS]:
+        if name in frame:
+            columns[f"{name}_mean"] = (name, "mean")
+            columns[f"{name}_std"] = (name, "std")
+    table = frame.groupby(keys, sort=False, dropna=False).agg(**columns).reset_index()
+    ranked = f"last_{metric}_mean" if f"last_{metric}_mean" in table else f"best_{metric}_mean"
+    table = table.sort_values(ranked, ascending=(mode == "min"), na_position="last", kind="stable")
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
 def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
     """The columns a reader scans first."""
-    columns = [c for c in SHOWN if c in frame] + [
+    shown = [c for c in SHOWN if c in frame and not (c == "val_fold" and frame[c].nunique() == 1)]
+    columns = shown + [
         c for c in (f"best_{metric}", "best_val_recall", "best_val_f1", "best_epoch") if c in frame
     ]
     return frame[columns].head(top)
 
 
-def write(frame: pd.DataFrame, run_dir: Path) -> tuple[Path, Path]:
-    csv, markdown = run_dir / "leaderboard.csv", run_dir / "leaderboard.md"
+def write(frame: pd.DataFrame, run_dir: Path, name: str = "leaderboard") -> tuple[Path, Path]:
+    csv, markdown = run_dir / f"{name}.csv", run_dir / f"{name}.md"
     frame.to_csv(csv, index=False)
     markdown.write_text(to_markdown(frame))
     return csv, markdown

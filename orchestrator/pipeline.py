@@ -9,9 +9,9 @@ import pyarrow as pa
 import ray.data
 
 from orchestrator.prepare import SHARDS, read_manifest
-from orchestrator.presets import Preprocess
+from orchestrator.presets import Preprocess, batch_seed, current_epoch
 
-READ_COLUMNS = ["label", "fold", "image"]
+READ_COLUMNS = ["image_id", "label", "fold", "image"]
 
 
 def train_class_counts(manifest: dict, val_fold: int) -> dict[int, int]:
@@ -31,47 +31,52 @@ def oversample_factors(counts: dict[int, int]) -> dict[int, float]:
     return {label: largest / n for label, n in counts.items() if n > 0}
 
 
+def class_weights(counts: dict[int, int]) -> list[float]:
+    """Loss weight per class label, inversely proportional to its frequency (mean weight 1 per image)."""
+    total = sum(counts.values())
+    return [total / (len(counts) * counts[label]) if counts[label] else 0.0 for label in sorted(counts)]
+
+
 class Oversample:
     """Repeat each row `factor` times on average: floor(factor) copies, plus one more with
-    probability equal to the fraction, drawn afresh every epoch."""
+    probability equal to the fraction, drawn afresh every epoch (seeded like the augmentation)."""
 
-    def __init__(self, factors: dict[int, float], seed: int | None = None) -> None:
+    def __init__(self, factors: dict[int, float], seed: int = 0) -> None:
         self.factors = factors
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __call__(self, table: pa.Table) -> pa.Table:
         labels = table.column("label").to_numpy()
+        ids = table.column("image_id").to_pylist()
+        rng = np.random.default_rng(batch_seed(self.seed, current_epoch(), ids))
         factor = np.array([self.factors.get(int(label), 1.0) for label in labels])
         copies = np.floor(factor).astype(np.int64)
-        copies += self.rng.random(len(factor)) < (factor - copies)
+        copies += rng.random(len(factor)) < (factor - copies)
         return table.take(pa.array(np.repeat(np.arange(len(labels)), copies)))
 
 
-def quiet_progress() -> None:
-    """One progress bar per dataset per epoch per trial drowns Tune's own status table."""
+def configure_data_context() -> None:
+    """Quiet, ordered execution. One progress bar per dataset per epoch per trial drowns Tune's own
+    status table; keeping block order makes a seeded run repeatable (shuffling is done, seeded, by
+    the train loop's local shuffle buffer)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.execution_options.preserve_order = True
 
 
 def build_datasets(
-    prepared: str | Path,
-    val_fold: int,
-    size: int,
-    mean: tuple,
-    std: tuple,
-    augment: str,
-    balance: str,
+    prepared: str | Path, val_fold: int, size: int, augment: str, balance: str, seed: int = 0
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced."""
-    quiet_progress()
+    configure_data_context()
     manifest = read_manifest(Path(prepared))
     rows = ray.data.read_parquet(str(Path(prepared) / SHARDS), columns=READ_COLUMNS)
     train = rows.filter(expr=f"fold != {val_fold}")
     val = rows.filter(expr=f"fold == {val_fold}")
     if balance == "oversample":
         factors = oversample_factors(train_class_counts(manifest, val_fold))
-        train = train.map_batches(Oversample(factors), batch_format="pyarrow")
-    train = train.map_batches(Preprocess(size, mean, std, augment), batch_format="numpy")
-    val = val.map_batches(Preprocess(size, mean, std), batch_format="numpy")
+        train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
+    train = train.map_batches(Preprocess(size, augment, seed), batch_format="numpy")
+    val = val.map_batches(Preprocess(size), batch_format="numpy")
     return {"train": train, "val": val}

@@ -2,12 +2,17 @@
 
 `Preprocess` decodes the JPEG bytes of a batch and applies a preset; the same object runs inside
 Ray Data's `map_batches` and in local evaluation, so a checkpoint is scored exactly as it was
-validated.
+validated. It hands over uint8 pixels: normalisation happens on the training device, which moves a
+quarter of the bytes through Ray's object store and onto the GPU.
+
+Augmentation is seeded per batch from (seed, epoch, the batch's image ids): the same seed gives the
+same images every run, and every epoch draws new ones.
 """
 
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +25,11 @@ import cv2  # noqa: E402
 PRESETS = ("standard", "none")
 
 
-def train_transform(preset: str, size: int, mean: tuple, std: tuple) -> A.Compose:
+def train_transform(preset: str, size: int) -> A.Compose:
     """Augmentations for training. Dermoscopy has no up or down, so flips and any rotation are
     label-preserving; scale and mild colour changes mimic differences between dermatoscopes."""
     if preset == "none":
-        return eval_transform(size, mean, std)
+        return eval_transform(size)
     if preset != "standard":
         raise ValueError(f"unknown augment preset {preset!r}; known: {', '.join(PRESETS)}")
     return A.Compose(
@@ -34,13 +39,12 @@ def train_transform(preset: str, size: int, mean: tuple, std: tuple) -> A.Compos
             A.VerticalFlip(),
             A.Affine(rotate=(-180, 180), border_mode=cv2.BORDER_REFLECT_101, p=0.7),
             A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.03, p=0.8),
-            A.Normalize(mean=mean, std=std),
         ]
     )
 
 
-def eval_transform(size: int, mean: tuple, std: tuple) -> A.Compose:
-    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA), A.Normalize(mean=mean, std=std)])
+def eval_transform(size: int) -> A.Compose:
+    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)])
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
@@ -51,25 +55,37 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def batch_seed(seed: int, epoch: int, ids) -> int:
+    """A seed that depends on the run's seed, the epoch and which images the batch holds."""
+    digest = zlib.crc32("\n".join(map(str, ids)).encode())
+    return int(np.random.SeedSequence([seed, epoch, digest]).generate_state(1)[0])
+
+
+def current_epoch() -> int:
+    """How many times this dataset has been executed before: the epoch, inside a Ray Data task."""
+    import ray.data
+
+    return ray.data.DataContext.get_current()._execution_idx
+
+
 @dataclass
 class Preprocess:
-    """Batch function: {"image": JPEG bytes, "label"} -> {"image": float32 NCHW, "label": int64}."""
+    """Batch function: {"image": JPEG bytes, "label", "image_id"} -> {"image": uint8 NCHW, "label"}."""
 
     size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
     augment: str | None = None  # a train preset name, or None for evaluation
+    seed: int = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not hasattr(self, "_transform"):
             cv2.setNumThreads(1)  # parallelism comes from Ray Data, not from OpenCV threads
             self._transform = (
-                train_transform(self.augment, self.size, self.mean, self.std)
-                if self.augment
-                else eval_transform(self.size, self.mean, self.std)
+                train_transform(self.augment, self.size) if self.augment else eval_transform(self.size)
             )
+        if self.augment and "image_id" in batch:
+            self._transform.set_random_seed(batch_seed(self.seed, current_epoch(), batch["image_id"]))
         images = np.stack([self._transform(image=decode_jpeg(d))["image"] for d in batch["image"]])
         return {
-            "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32),
+            "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
             "label": np.asarray(batch["label"], dtype=np.int64),
         }

@@ -149,6 +149,9 @@ def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
     stopped = getattr(scheduler, "stopped_early", set())
     frame = leaderboard.build(results, spec, run_dir / CHECKPOINTS, stopped)
     leaderboard.write(frame, run_dir)
+    if len(spec.data.val_folds) > 1:
+        cv = leaderboard.by_configuration(frame, spec.scheduler.metric, spec.scheduler.resolved_mode)
+        leaderboard.write(cv, run_dir, "leaderboard-cv")
     return run_dir, frame
 
 
@@ -167,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     metric = spec.scheduler.metric
     print(f"\nLeaderboard ({metric}, best first) - full table: {run_dir / 'leaderboard.md'}\n")
     print(leaderboard.to_markdown(leaderboard.summary(frame, metric)))
+    if len(spec.data.val_folds) > 1:
+        cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
+        print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
+        print(leaderboard.to_markdown(cv))
     print(f"TensorBoard: tensorboard --logdir {run_dir}")
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):

@@ -15,9 +15,9 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Spec
-from orchestrator.pipeline import build_datasets
+from orchestrator.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
 from orchestrator.prepare import read_manifest
-from trainables.backbones import input_config
+from trainables.backbones import input_config, timm_name
 from trainables.train_loop import train_loop_per_worker
 
 CHECKPOINTS = "checkpoints"
@@ -28,33 +28,40 @@ def trial_image_size(spec: Spec, backbone: str) -> int:
     return spec.data.image_size or input_config(backbone).input_size
 
 
-def worker_config(spec: Spec, config: dict[str, Any], classes: list[str]) -> dict[str, Any]:
+def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[str, Any]:
     """Everything the train loop needs, as plain values."""
-    backbone = config["backbone"]
+    backbone, train = config["backbone"], spec.train
     normalisation = input_config(backbone)
+    counts = train_class_counts(manifest, config["val_fold"])
+    balance = spec.data.balance
+    per_epoch = oversample_factors(counts) if balance == "oversample" else dict.fromkeys(counts, 1.0)
     return {
         **config,
-        "weights": spec.train.weights_for(backbone),
-        "epochs": spec.train.epochs,
-        "seed": spec.train.seed,
-        "classes": classes,
+        "model": timm_name(backbone),
+        "weights": train.weights_for(backbone),
+        "epochs": train.epochs,
+        "seed": train.seed,
+        "classes": manifest["classes"],
         "image_size": trial_image_size(spec, backbone),
         "mean": list(normalisation.mean),
         "std": list(normalisation.std),
+        "train_rows": round(sum(counts[label] * per_epoch[label] for label in counts)),
+        "class_weights": class_weights(counts) if balance == "class_weight" else None,
+        **train.model_dump(include={"freeze_epochs", "backbone_lr_scale", "warmup_epochs", "schedule"}),
+        **train.model_dump(include={"label_smoothing", "precision"}),
     }
 
 
 def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -> None:
     manifest = read_manifest(Path(prepared))
-    loop_config = worker_config(spec, config, manifest["classes"])
+    loop_config = worker_config(spec, config, manifest)
     datasets = build_datasets(
         prepared,
-        val_fold=spec.data.val_fold,
+        val_fold=config["val_fold"],
         size=loop_config["image_size"],
-        mean=tuple(loop_config["mean"]),
-        std=tuple(loop_config["std"]),
         augment=spec.augment,
         balance=spec.data.balance,
+        seed=spec.train.seed,
     )
     resources = spec.resources
     per_worker = {"CPU": resources.cpus_per_worker}

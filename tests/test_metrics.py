@@ -29,3 +29,14 @@ def test_no_positive_predictions_give_zero_precision_not_an_error():
     result = binary_metrics(np.array([0, 1, 1]), np.array([0.1, 0.2, 0.3]))
     assert result["precision"] == 0.0 and result["recall"] == 0.0 and result["f1"] == 0.0
     assert result["auc"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_youden_threshold_matches_scikit_learn_roc(seed):
+    from trainables.metrics import youden_threshold
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 300)
+    scores = np.round(rng.random(300) * 0.6 + labels * 0.3, 2)
+    fpr, tpr, thresholds = sk.roc_curve(labels, scores)
+    assert youden_threshold(labels, scores) == pytest.approx(thresholds[np.argmax(tpr - fpr)])

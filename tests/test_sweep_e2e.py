@@ -1,5 +1,6 @@
 """A real sweep on a local Ray instance: Ray Data -> Ray Train -> Ray Tune (ASHA) -> leaderboard."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -44,8 +45,8 @@ def sweep(ray_local, tmp_path_factory):
             # The trial that learns runs first. The two with a zero learning rate cannot lower
             # their training loss, so ASHA, comparing it at epoch 2, stops them. The last one's
             # learning rate is absurd: its loss diverges, which must end that trial alone.
-            "search": {"backbone": "tf_efficientnet_lite0", "lr": [1e-3, 0.0, 0.0, 1e30], "batch_size": 16},
-            "train": {"epochs": 3, "weights": "package"},
+            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 0.0, 0.0, 1e30], "batch_size": 16},
+            "train": {"epochs": 3, "weights": "package", "freeze_epochs": 1, "label_smoothing": 0.1},
             "scheduler": {"type": "asha", "metric": "train_loss", "grace_period": 2, "reduction_factor": 2},
             "storage": str(root / "runs"),
         }
@@ -69,7 +70,8 @@ def test_a_diverging_trial_fails_alone_with_its_reason(sweep):
     failed = frame[frame["status"] == "failed"]
     assert failed["lr"].tolist() == [1e30] and failed["rank"].tolist() == [4]
     assert "non-finite training loss" in failed["error"].iloc[0]
-    assert failed["epochs_run"].iloc[0] == 0
+    # the head alone may survive epoch 1 with huge but finite logits; the unfrozen backbone cannot
+    assert failed["epochs_run"].iloc[0] <= 1
 
 
 def test_asha_stopped_a_trial_early(sweep):
@@ -86,10 +88,20 @@ def test_tensorboard_hparams_name_the_searched_keys(sweep):
     assert {"backbone", "lr", "optimizer", "batch_size"} <= hparam_names(run_dir)
 
 
+def test_a_tiny_fine_tune_learns(sweep):
+    _, _, frame = sweep
+    learner = frame[frame["lr"] == 1e-3].iloc[0]
+    assert learner["best_val_auc"] > 0.75, learner.to_dict()  # 20 real validation images at 64 px
+    assert learner["last_train_loss"] < frame[frame["lr"] == 0.0]["last_train_loss"].min()
+
+
 def test_best_checkpoint_reproduces_its_validation_auc(sweep):
     spec, run_dir, frame = sweep
     best = frame.iloc[0]
     prepared = next((Path(spec.data.cache)).iterdir())
-    scored = evaluate_fold(Path(best["checkpoint"]), prepared, spec.data.val_fold)
+    scored = evaluate_fold(Path(best["checkpoint"]), prepared, int(best["val_fold"]))
     assert scored["val_auc"] == pytest.approx(best["best_val_auc"], abs=1e-6)
     assert scored["val_loss"] == pytest.approx(best["best_val_loss"], abs=1e-5)
+    meta = json.loads((Path(best["checkpoint"]) / "meta.json").read_text())
+    assert meta["backbone"] == "efficientnet_lite0" and meta["model"] == "tf_efficientnet_lite0"
+    assert meta["threshold"] == pytest.approx(best["best_val_threshold"])

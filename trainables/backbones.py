@@ -1,5 +1,8 @@
 """Build a timm backbone with a new classification head from one of the weight sources.
 
+Backbones are named by the registry below (the reference study's five and modern references) or by
+any timm model name. Input size and normalisation come from timm's pretrained config.
+
 Weight sources:
 - `hub`: timm's pretrained weights, downloaded once into the Hugging Face cache;
 - `file:PATH`: a local `.safetensors` / `.pth` file in timm's key layout;
@@ -24,6 +27,26 @@ from trainables.package_weights import PACKAGE_WEIGHTS
 log = logging.getLogger(__name__)
 
 WEIGHT_KINDS = ("hub", "file:PATH", "package", "none")
+
+# registry name -> timm model
+REGISTRY: dict[str, str] = {
+    # the reference study's backbones
+    "resnet50": "resnet50",
+    "mobilenet": "mobilenetv1_100",
+    "mobilenetv2": "mobilenetv2_100",
+    "inception_v3": "inception_v3",
+    "densenet169": "densenet169",
+    "inception_resnet_v2": "inception_resnet_v2",
+    # modern references
+    "efficientnet_b0": "efficientnet_b0",
+    "efficientnet_lite0": "tf_efficientnet_lite0",
+    "convnext_tiny": "convnext_tiny",
+}
+
+
+def timm_name(name: str) -> str:
+    """The timm model behind a registry name; any other name is taken as a timm name."""
+    return REGISTRY.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -59,18 +82,18 @@ def known_backbones() -> frozenset[str]:
 
 
 def check_backbone(name: str) -> None:
-    """Raise a UserError naming close timm names when `name` is not a timm model."""
-    if name in known_backbones():
+    """Raise a UserError naming close names when `name` is neither a registry name nor a timm model."""
+    if timm_name(name) in known_backbones():
         return
-    close = difflib.get_close_matches(name, sorted(known_backbones()), n=5, cutoff=0.6)
+    close = difflib.get_close_matches(name, sorted(REGISTRY) + sorted(known_backbones()), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise UserError(f"unknown backbone '{name}'{hint}")
+    raise UserError(f"unknown backbone '{name}'{hint} (registry: {', '.join(REGISTRY)})")
 
 
 def input_config(name: str) -> InputConfig:
     """Native input size and mean/std from timm's pretrained config, without building the model."""
     check_backbone(name)
-    cfg = timm.models.get_pretrained_cfg(name)
+    cfg = timm.models.get_pretrained_cfg(timm_name(name))
     if cfg is None:
         return InputConfig(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     return InputConfig(int(cfg.input_size[-1]), tuple(cfg.mean), tuple(cfg.std))
@@ -79,9 +102,10 @@ def input_config(name: str) -> InputConfig:
 def check_weights(name: str, source: WeightSource) -> None:
     """Fail before any training starts when the weights for `name` cannot be had."""
     check_backbone(name)
+    model = timm_name(name)
     if source.kind == "file" and not source.path.is_file():
         raise UserError(f"weights file not found for {name}: {source.path}")
-    if source.kind == "package" and name not in PACKAGE_WEIGHTS:
+    if source.kind == "package" and model not in PACKAGE_WEIGHTS:
         raise UserError(
             f"no packaged weights for {name}; packaged: {', '.join(PACKAGE_WEIGHTS)}. "
             "Use 'hub', 'file:PATH' or 'none'"
@@ -89,11 +113,17 @@ def check_weights(name: str, source: WeightSource) -> None:
     if source.kind == "hub":
         from trainables.hub import check_hub_weights
 
-        check_hub_weights(name)
+        check_hub_weights(model)
 
 
-def create_backbone(name: str, weights: str | WeightSource, num_classes: int) -> nn.Module:
-    """A timm model `name` with a fresh, small-initialised `num_classes` head and the requested weights."""
+IMAGENET_CLASSES = 1000
+
+
+def create_backbone(name: str, weights: str | WeightSource, num_classes: int | None) -> nn.Module:
+    """A timm model `name` with the requested weights and a fresh, small-initialised `num_classes`
+    head; `num_classes=None` keeps the pretrained ImageNet head (to check what the weights know)."""
+    if num_classes is None:
+        return _create(name, weights, IMAGENET_CLASSES)
     return init_head(_create(name, weights, num_classes))
 
 
@@ -113,6 +143,7 @@ def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Modu
     check_backbone(name)
     if source.kind in ("file", "package"):
         check_weights(name, source)
+    name = timm_name(name)
     if source.kind == "none":
         log.warning("%s: random initialisation (weights: none) -- NOT pretrained", name)
         return timm.create_model(name, pretrained=False, num_classes=num_classes)
@@ -127,7 +158,8 @@ def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Modu
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         state = PACKAGE_WEIGHTS[name]()
         head = model.default_cfg.get("classifier", "classifier")
-        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+        if num_classes != IMAGENET_CLASSES:
+            state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith(head + ".") for k in missing):
             raise RuntimeError(f"packaged weights for {name} do not fit: {missing} {unexpected}")
@@ -135,3 +167,16 @@ def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Modu
     from trainables.hub import create_from_hub
 
     return create_from_hub(name, num_classes)
+
+
+def registry_table() -> str:
+    """The registry as Markdown: name, timm model, native input size, normalisation."""
+    rows = ["| name | timm model | input | mean | std |", "|---|---|---|---|---|"]
+    for name, model in REGISTRY.items():
+        cfg = input_config(name)
+        rows.append(f"| {name} | {model} | {cfg.input_size} | {cfg.mean} | {cfg.std} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(registry_table())

@@ -34,7 +34,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
 def load_checkpoint(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model in eval mode, and its meta."""
     meta = read_meta(folder)
-    model = timm.create_model(meta["backbone"], pretrained=False, num_classes=len(meta["classes"]))
+    name = meta.get("model", meta["backbone"])  # the timm model behind a registry name
+    model = timm.create_model(name, pretrained=False, num_classes=len(meta["classes"]))
     model.load_state_dict(read_weights(Path(folder)))
     return model.eval(), meta
 

@@ -52,3 +52,19 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
         "f1": _ratio(2 * precision * recall, precision + recall),
         "auc": roc_auc(labels, scores),
     }
+
+
+def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The score threshold (predict positive when score >= it) that maximises Youden's J =
+    sensitivity + specificity - 1; 0.5 when there is only one class."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return 0.5
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    last_of_each = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(scores) - 1]  # distinct thresholds
+    tpr = np.cumsum(sorted_labels)[last_of_each] / positives
+    fpr = np.cumsum(~sorted_labels)[last_of_each] / negatives
+    return float(sorted_scores[last_of_each][np.argmax(tpr - fpr)])

@@ -1,13 +1,18 @@
 """The code that runs on each Ray Train worker: fine-tune one backbone, report every epoch.
 
 Everything the loop needs arrives in its config dict. Validation metrics are computed over the
-whole validation split (it is not sharded), so rank 0's report is the trial's true score.
+whole validation split (it is not sharded), so rank 0's report is the trial's true score. The
+fine-tuning policy (frozen start, warm-up, cosine, decay groups) lives in `finetune.py`, mixed
+precision and the device-side normalisation in `precision.py`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
+import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +20,16 @@ import numpy as np
 import ray.train
 import ray.train.torch
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from trainables.backbones import create_backbone
 from trainables.checkpoint import read_meta, read_weights, save_checkpoint
-from trainables.metrics import binary_metrics, log_loss
+from trainables.finetune import param_groups, set_backbone_frozen, set_learning_rates, train_mode
+from trainables.metrics import binary_metrics, log_loss, youden_threshold
 from trainables.optimizers import build_optimizer
+from trainables.precision import Normalize, autocast_dtype, grad_scaler
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +43,12 @@ REPORTED_METRICS = (
     "val_f1",
     "val_auc",
     "val_loss",
+    "val_threshold",
+    "val_recall_at_threshold",
+    "val_specificity_at_threshold",
 )
-OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "training_state.pt"
+META_KEYS = ("backbone", "model", "weights", "classes", "image_size", "mean", "std", "lr", "optimizer")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -48,36 +60,97 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and P(positive class) for every example in `batches`."""
+def predict(model: nn.Module, batches, normalize: Normalize, dtype: torch.dtype | None = None):
+    """Labels and P(positive class) for every example in `batches` (uint8 images)."""
     model.eval()
     labels, scores = [], []
+    device_type = normalize.mean.device.type
     for batch in batches:
-        probabilities = torch.softmax(model(batch["image"]).float(), dim=1)[:, -1]
+        with torch.autocast(device_type, dtype=dtype) if dtype else nullcontext():
+            logits = model(normalize(batch["image"]))
         labels.append(batch["label"].cpu().numpy())
-        scores.append(probabilities.cpu().numpy())
+        scores.append(torch.softmax(logits.float(), dim=1)[:, -1].cpu().numpy())
     return np.concatenate(labels), np.concatenate(scores)
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches) -> float:
-    model.train()
-    total, count = 0.0, 0
-    for batch in batches:
-        loss = F.cross_entropy(model(batch["image"]), batch["label"])
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite training loss ({loss.item()}); lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(batch["label"])
-        count += len(batch["label"])
-    return total / max(count, 1)
-
-
 def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Metrics at 0.5, and at the Youden's J threshold picked on these same labels."""
     metrics = {f"val_{name}": value for name, value in binary_metrics(labels, scores).items()}
     metrics["val_loss"] = log_loss(labels, scores)
+    threshold = youden_threshold(labels, scores)
+    at_threshold = binary_metrics(labels, scores, threshold)
+    metrics["val_threshold"] = threshold
+    metrics["val_recall_at_threshold"] = at_threshold["recall"]
+    metrics["val_specificity_at_threshold"] = at_threshold["specificity"]
     return metrics
+
+
+class Trainer:
+    """One worker's model, optimizer and policy; `epoch()` trains one pass over its shard."""
+
+    def __init__(self, config: dict[str, Any], world_size: int) -> None:
+        self.config, self.world_size = config, world_size
+        self.device = ray.train.torch.get_device()
+        self.dtype = autocast_dtype(config["precision"], self.device)
+        model = create_backbone(config["backbone"], config["weights"], num_classes=len(config["classes"]))
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        # a frozen start leaves backbone parameters without gradients: DDP must expect that
+        ddp = {"find_unused_parameters": config["freeze_epochs"] > 0}
+        self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
+        groups = param_groups(
+            _unwrap(self.model), config["lr"], config["weight_decay"], config["backbone_lr_scale"]
+        )
+        self.optimizer = build_optimizer(config["optimizer"], groups, config["lr"], config["weight_decay"])
+        self.scaler = grad_scaler(self.dtype, self.device)
+        self.normalize = Normalize(config["mean"], config["std"], self.device)
+        weights = config.get("class_weights")
+        self.class_weights = torch.tensor(weights, device=self.device) if weights else None
+        rows_per_worker = config["train_rows"] / world_size
+        self.steps_per_epoch = max(1, math.ceil(rows_per_worker / config["batch_size"]))
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
+    def epoch(self, epoch: int, batches) -> tuple[float, float]:
+        """Train one epoch; return (mean loss over all workers, images per second over all workers)."""
+        cfg, model = self.config, self.model
+        frozen = epoch < cfg["freeze_epochs"]
+        set_backbone_frozen(_unwrap(model), frozen)
+        train_mode(model, frozen)
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, images
+        started = time.perf_counter()
+        for step, batch in enumerate(batches):
+            position = epoch + min(step + 1, self.steps_per_epoch) / self.steps_per_epoch
+            set_learning_rates(self.optimizer, position, cfg)
+            labels = batch["label"]
+            with self.autocast():
+                logits = model(self.normalize(batch["image"]))
+            loss = F.cross_entropy(
+                logits.float(), labels, weight=self.class_weights, label_smoothing=cfg["label_smoothing"]
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # no host sync per step: a NaN spreads to every rank through DDP's gradient all-reduce,
+            # so all ranks see it in the epoch's sum below and stop together
+            total[0] += loss.detach().double() * len(labels)
+            total[1] += len(labels)
+        if self.world_size > 1:
+            dist.all_reduce(total)
+        loss_sum, images = total.tolist()
+        mean_loss = loss_sum / max(images, 1)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"non-finite training loss ({mean_loss}); lower the learning rate")
+        return mean_loss, images / (time.perf_counter() - started)
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -86,25 +159,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"] + rank)
     np.random.seed(config["seed"] + rank)
 
-    model = create_backbone(config["backbone"], config["weights"], num_classes=len(config["classes"]))
-    model = ray.train.torch.prepare_model(model)
-    optimizer = build_optimizer(
-        config["optimizer"], model.parameters(), config["lr"], config.get("weight_decay", 0.0)
-    )
-    start_epoch = _resume(model, optimizer)
-
-    device = ray.train.torch.get_device()
-    dtypes = {"image": torch.float32, "label": torch.int64}
+    trainer = Trainer(config, context.get_world_size())
+    start_epoch = _resume(trainer)
+    dtypes = {"image": torch.uint8, "label": torch.int64}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    batch_size = config["batch_size"]
+    batch_size, device = config["batch_size"], trainer.device
 
     for epoch in range(start_epoch, config["epochs"]):
         train_batches = train_shard.iter_torch_batches(
-            batch_size=batch_size, dtypes=dtypes, device=device, local_shuffle_buffer_size=SHUFFLE_BUFFER
+            batch_size=batch_size,
+            dtypes=dtypes,
+            device=device,
+            local_shuffle_buffer_size=SHUFFLE_BUFFER,
+            local_shuffle_seed=config["seed"] * 1000 + epoch * 10 + rank,
         )
         try:
-            train_loss = train_one_epoch(model, optimizer, train_batches)
+            train_loss, images_per_s = trainer.epoch(epoch, train_batches)
         except NonFiniteLossError as err:
             # a restart would diverge again: end this trial with the reason, let the sweep go on
             failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report
@@ -112,35 +183,38 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(failure)
             return
         val_batches = val_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
-        labels, scores = predict(model, val_batches)
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, **validation_metrics(labels, scores)}
-        _report(metrics, model, optimizer, config, rank)
+        labels, scores = predict(trainer.model, val_batches, trainer.normalize, trainer.dtype)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_images_per_s": images_per_s,
+            **validation_metrics(labels, scores),
+        }
+        _report(metrics, trainer, rank)
 
 
-def _report(metrics: dict, model: nn.Module, optimizer, config: dict, rank: int) -> None:
+def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
     """Report metrics from every rank; rank 0 attaches the checkpoint."""
     if rank != 0:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        meta = {
-            key: config[key]
-            for key in ("backbone", "weights", "classes", "image_size", "mean", "std", "lr", "optimizer")
-        }
+        meta = {key: trainer.config[key] for key in META_KEYS}
         meta["metrics"] = metrics
-        save_checkpoint(Path(folder), _unwrap(model), meta)
-        torch.save(optimizer.state_dict(), Path(folder) / OPTIMIZER_FILE)
+        meta["threshold"] = metrics["val_threshold"]  # the decision threshold picked on validation data
+        save_checkpoint(Path(folder), _unwrap(trainer.model), meta)
+        torch.save(trainer.state(), Path(folder) / STATE_FILE)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _resume(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _resume(trainer: Trainer) -> int:
     """Load the latest checkpoint after a restart; return the epoch to start from."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
-        _unwrap(model).load_state_dict(read_weights(Path(folder)))
-        optimizer.load_state_dict(torch.load(Path(folder) / OPTIMIZER_FILE, weights_only=True))
+        _unwrap(trainer.model).load_state_dict(read_weights(Path(folder)))
+        trainer.load_state(torch.load(Path(folder) / STATE_FILE, weights_only=True))
         epoch = int(read_meta(Path(folder))["metrics"]["epoch"])
     log.info("resumed from checkpoint after epoch %d", epoch)
     return epoch
