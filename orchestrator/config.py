@@ -7,6 +7,7 @@ wrong types are UserErrors that name the file, the key and what is allowed.
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -128,7 +129,14 @@ class ResourcesSpec(Strict):
     workers_per_trial: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="torch threads of a CPU worker (default: its CPUs, rounded up)"
+    )
     max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads_per_worker or math.ceil(self.cpus_per_worker)
 
 
 class Spec(Strict):
@@ -140,18 +148,6 @@ class Spec(Strict):
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
     storage: str = "runs"
-
-    @model_validator(mode="after")
-    def _weights_name_searched_backbones(self) -> Spec:
-        if isinstance(self.train.weights, dict):
-            allowed = set(as_list(self.search.backbone)) | {"default"}
-            extra = sorted(set(self.train.weights) - allowed)
-            if extra:
-                raise ValueError(
-                    f"weights names backbones not in search.backbone: {', '.join(extra)}; "
-                    f"allowed: {', '.join(sorted(allowed))}"
-                )
-        return self
 
     def searched(self) -> dict[str, list]:
         """Every searchable key with its values (a fixed value is a one-element list), and the
@@ -220,9 +216,27 @@ def parse_spec(raw: Any, origin: str = "<spec>") -> Spec:
         raise UserError(f"{origin}: {_describe(first, Spec)}{extra}") from None
 
 
-def load_spec(path: str | Path | None = None) -> Spec:
-    """Read a spec file; relative data paths resolve against the current directory,
-    except in the embedded default, whose paths are the project's own."""
+def apply_override(raw: dict, assignment: str) -> None:
+    """Set `a.b.c=VALUE` (VALUE read as YAML: numbers, lists, null) in the raw spec mapping."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set takes KEY=VALUE, e.g. train.epochs=3 (got {assignment!r})")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: {text!r} is not a valid YAML value") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: '{part}' is not a mapping in this spec")
+    node[leaf] = value
+
+
+def load_spec(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read a spec file, with `KEY=VALUE` overrides; relative data paths resolve against the current
+    directory, except in the embedded default, whose paths are the project's own."""
     spec_path = Path(path) if path is not None else DEFAULT_SPEC
     if not spec_path.is_file():
         raise UserError(f"spec file not found: {spec_path}")
@@ -230,6 +244,9 @@ def load_spec(path: str | Path | None = None) -> Spec:
         raw = yaml.safe_load(spec_path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{spec_path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if isinstance(raw, dict):
+        for assignment in overrides:
+            apply_override(raw, assignment)
     spec = parse_spec(raw, str(spec_path))
     base = PROJECT_ROOT if path is None else Path.cwd()
     return resolve_paths(spec, base)
@@ -245,4 +262,18 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
     storage = spec.storage
     if "://" not in storage:
         storage = str((base / storage).resolve())
-    return spec.model_copy(update={"data": data.model_copy(update=updates), "storage": storage})
+
+    def weights(source: str) -> str:  # workers do not share the driver's working directory
+        if source.startswith("file:"):
+            return "file:" + str((base / Path(source[len("file:") :]).expanduser()).resolve())
+        return source
+
+    given = spec.train.weights
+    resolved = {k: weights(v) for k, v in given.items()} if isinstance(given, dict) else weights(given)
+    return spec.model_copy(
+        update={
+            "data": data.model_copy(update=updates),
+            "storage": storage,
+            "train": spec.train.model_copy(update={"weights": resolved}),
+        }
+    )

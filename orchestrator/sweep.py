@@ -1,6 +1,6 @@
 """Run an experiment spec as a Ray Tune grid with ASHA early stopping; write the leaderboard.
 
-    python -m orchestrator.sweep [SPEC.yaml] [--storage DIR] [--address ADDR]
+    python -m orchestrator.sweep [SPEC.yaml] [--set KEY=VALUE ...] [--storage DIR] [--address ADDR]
 
 Without SPEC it runs the embedded default, `experiments/default.yaml`. Results land in
 `<storage>/<name>-<time>/`: the leaderboard (CSV and Markdown), TensorBoard event files (HParams
@@ -26,7 +26,7 @@ from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import prepare, read_manifest
 from orchestrator.sources import read_source
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
-from trainables.backbones import WeightSource, check_weights
+from trainables.backbones import WeightSource, check_backbone, check_weights
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,12 @@ class RecordingASHA(ASHAScheduler):
 
 
 def preflight(spec: Spec) -> None:
-    """Everything that can be checked before Ray starts: backbones and their weights."""
+    """Everything that can be checked before Ray starts: backbones and their weights. A weights
+    mapping may name backbones the grid does not search (a narrowed grid), but no unknown ones."""
+    if isinstance(spec.train.weights, dict):
+        for name in spec.train.weights:
+            if name != "default":
+                check_backbone(name)
     for backbone in spec.backbones():
         check_weights(backbone, WeightSource.parse(spec.train.weights_for(backbone)))
 
@@ -82,6 +87,18 @@ def _fingerprint(spec: Spec) -> str:
         f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
     )
     return hashlib.sha256(listing.encode()).hexdigest()[:10]
+
+
+def check_gpus(spec: Spec, local: bool) -> None:
+    """A local Ray instance without GPUs would leave GPU trials pending forever: say so instead."""
+    if spec.resources.gpus_per_worker and not ray.cluster_resources().get("GPU"):
+        message = (
+            "the spec asks for GPUs (resources.gpus_per_worker) but the Ray cluster has none; "
+            "to train on CPU: --set resources.gpus_per_worker=0"
+        )
+        if local:
+            raise UserError(message)
+        log.warning("%s (waiting for an autoscaler to add GPU nodes)", message)
 
 
 def concurrent_trials(spec: Spec) -> int:
@@ -127,6 +144,7 @@ def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
     run_dir = Path(spec.storage) / run_name
     if not ray.is_initialized():
         ray.init(address=address, configure_logging=False)
+    check_gpus(spec, local=address is None)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, prepared=str(prepared), run_dir=str(run_dir)),
         {"cpu": 0, "memory": DRIVER_MEMORY},
@@ -162,8 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", nargs="?", help="experiment spec (default: experiments/default.yaml)")
     parser.add_argument("--storage", help="where run folders go (overrides the spec's 'storage')")
     parser.add_argument("--address", help="Ray cluster to join, e.g. 'auto' (default: start a local one)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec key, e.g. --set train.epochs=3 --set 'search.lr=[1e-3,3e-4]' (repeatable)",
+    )
     args = parser.parse_args(argv)
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.set)
     if args.storage:
         spec = spec.model_copy(update={"storage": str(Path(args.storage).resolve())})
     run_dir, frame = run_sweep(spec, args.address)

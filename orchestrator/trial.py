@@ -47,6 +47,7 @@ def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[st
         "std": list(normalisation.std),
         "train_rows": round(sum(counts[label] * per_epoch[label] for label in counts)),
         "class_weights": class_weights(counts) if balance == "class_weight" else None,
+        "threads": spec.resources.torch_threads,
         **train.model_dump(include={"freeze_epochs", "backbone_lr_scale", "warmup_epochs", "schedule"}),
         **train.model_dump(include={"label_smoothing", "precision"}),
     }

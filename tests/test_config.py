@@ -63,9 +63,14 @@ def test_source_and_prepared_are_exclusive():
     assert "exactly one of" in error_of(spec_with(data={"source": "a", "prepared": "b"}))
 
 
-def test_weights_mapping_must_name_searched_backbones():
-    raw = spec_with(train={"epochs": 1, "weights": {"resnet19": "none"}})
-    assert "resnet19" in error_of(raw)
+def test_weights_mapping_may_not_name_unknown_backbones():
+    from orchestrator.sweep import preflight
+
+    spec = parse_spec(spec_with(train={"epochs": 1, "weights": {"resnet19": "none", "default": "none"}}))
+    with pytest.raises(UserError, match="unknown backbone 'resnet19'"):
+        preflight(spec)
+    narrowed = parse_spec(spec_with(train={"epochs": 1, "weights": {"resnet34": "none", "default": "none"}}))
+    preflight(narrowed)  # a known backbone outside the grid is fine: the grid was narrowed
 
 
 def test_weights_mapping_with_default():
@@ -108,3 +113,30 @@ def test_embedded_default_is_a_real_grid_on_the_bundled_sample():
     assert len(searched["backbone"]) >= 2 and len(searched["lr"]) >= 2 and len(searched["optimizer"]) >= 2
     weights = {b: spec.train.weights_for(b) for b in spec.backbones()}
     assert "package" in weights.values() and "none" in weights.values()
+
+
+def test_overrides_set_nested_keys_and_are_validated(tmp_path):
+    from orchestrator.config import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s\ndata: {source: images}\nsearch: {backbone: resnet18, lr: 0.001}\ntrain: {epochs: 2}\n"
+    )
+    spec = load_spec(path, ["train.epochs=5", "search.lr=[0.1, 0.01]", "data.val_fold=all"])
+    assert spec.train.epochs == 5 and spec.search.lr == [0.1, 0.01] and spec.data.val_folds == [0, 1, 2, 3, 4]
+    with pytest.raises(UserError, match="unknown key 'epoch' in 'train'"):
+        load_spec(path, ["train.epoch=5"])
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        load_spec(path, ["train.epochs"])
+
+
+def test_file_weights_resolve_against_the_working_directory(tmp_path, monkeypatch):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s\ndata: {source: images}\nsearch: {backbone: [resnet18, resnet34], lr: 0.001}\n"
+        "train: {epochs: 2, weights: {resnet18: 'file:w/r18.safetensors', default: none}}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(path)
+    assert spec.train.weights_for("resnet18") == f"file:{tmp_path / 'w' / 'r18.safetensors'}"
+    assert spec.train.weights_for("resnet34") == "none"

@@ -91,6 +91,8 @@ class Trainer:
     def __init__(self, config: dict[str, Any], world_size: int) -> None:
         self.config, self.world_size = config, world_size
         self.device = ray.train.torch.get_device()
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.get("threads", 1))  # Ray sets 1 thread per worker CPU
         self.dtype = autocast_dtype(config["precision"], self.device)
         model = create_backbone(config["backbone"], config["weights"], num_classes=len(config["classes"]))
         if self.device.type == "cuda":
