@@ -1,0 +1,37 @@
+"""Two DDP workers in one trial (gloo on CPU): frozen start, all-reduced loss, a checkpoint per epoch."""
+
+import json
+
+import pytest
+
+from orchestrator.config import parse_spec
+from orchestrator.sweep import run_sweep
+from tests.conftest import copy_subset
+
+pytestmark = pytest.mark.slow
+
+
+def test_two_workers_train_one_trial(ray_local, tmp_path):
+    spec = parse_spec(
+        {
+            "name": "ddp",
+            "data": {
+                "source": str(copy_subset(tmp_path / "source", per_class=12)),
+                "folds": 3,
+                "image_size": 32,
+                "cache": str(tmp_path / "prepared"),
+            },
+            "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 8},
+            "train": {"epochs": 2, "weights": "package", "freeze_epochs": 1},
+            "scheduler": {"type": "fifo"},
+            "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.5},
+            "storage": str(tmp_path / "runs"),
+        }
+    )
+    run_dir, frame = run_sweep(spec)
+    row = frame.iloc[0]
+    assert row["status"] == "completed" and row["epochs_run"] == 2, row.to_dict()
+    reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]
+    assert [r["epoch"] for r in reports] == [1, 2]
+    assert all(r["train_loss"] > 0 for r in reports)
+    assert len(list((run_dir / "checkpoints").glob("*/checkpoint_*/model.safetensors"))) == 2
