@@ -1,37 +1,203 @@
-"""Score a checkpoint on one fold of a prepared dataset, outside Ray, exactly as it was validated."""
+"""Clinical evaluation of a checkpoint: metrics with bootstrap intervals, a decision threshold
+chosen on validation data, pictures and a report to open in a browser.
+
+    python -m orchestrator.evaluate CHECKPOINT DATA [DATA ...] [--threshold-from VAL_DATA] [--tta]
+        [--threshold youden|sensitivity] [--target-sensitivity 0.9] [--bootstrap 1000] [--out DIR]
+
+DATA is a prepared dataset, `PREPARED@FOLD` for one of its folds, or raw images (a folder per
+class or an ISIC layout), prepared on the fly at the checkpoint's input size. Several DATA are
+reported side by side (say, the internal validation fold and an external set). The threshold is
+chosen on VAL_DATA and applied unchanged to every DATA; without --threshold-from it is the one the
+checkpoint stored, chosen on its own validation fold.
+"""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
 import torch
+from torch import nn
 
-from orchestrator.prepare import SHARDS
+from orchestrator.clinical import (
+    THRESHOLD_METHODS,
+    Targets,
+    at_threshold,
+    bootstrap,
+    choose_threshold,
+    threshold_free,
+)
+from orchestrator.errors import UserError, run_cli
+from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.presets import Preprocess
 from trainables.checkpoint import load_checkpoint
 from trainables.precision import Normalize
 from trainables.train_loop import predict, validation_metrics
 
+BATCH = 64
 
-def fold_batches(prepared: Path, fold: int, preprocess: Preprocess, batch_size: int = 64) -> Iterator[dict]:
+
+@dataclass
+class Scored:
+    """One dataset's predictions."""
+
+    name: str
+    image_ids: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+
+
+def fold_batches(
+    prepared: Path, fold: int | None, preprocess: Preprocess, batch_size: int = BATCH, ids: list | None = None
+) -> Iterator[dict]:
+    """uint8 image batches of `prepared` (one fold, or all of it); image ids are appended to `ids`."""
     dataset = pads.dataset(Path(prepared) / SHARDS, format="parquet")
-    scanner = dataset.scanner(
-        columns=["image", "label"], filter=pads.field("fold") == fold, batch_size=batch_size
-    )
+    where = pads.field("fold") == fold if fold is not None else None
+    scanner = dataset.scanner(columns=["image_id", "image", "label"], filter=where, batch_size=batch_size)
     for record_batch in scanner.to_batches():
         if record_batch.num_rows == 0:
             continue
         rows = record_batch.to_pydict()
+        if ids is not None:
+            ids.extend(rows["image_id"])
         out = preprocess({"image": np.array(rows["image"], dtype=object), "label": np.array(rows["label"])})
         yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
 
 
+class FlipRotateAverage(nn.Module):
+    """Test-time augmentation: the mean P(class) over the image, its flips and its 90-degree rotations
+    (dermoscopy has no up or down), returned as log-probabilities so that softmax recovers the mean."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        views = [images, images.flip(3), images.flip(2), images.rot90(1, (2, 3)), images.rot90(3, (2, 3))]
+        probabilities = torch.stack([torch.softmax(self.model(v).float(), 1) for v in views]).mean(0)
+        return probabilities.clamp_min(1e-12).log()
+
+
 def evaluate_fold(checkpoint: Path, prepared: Path, fold: int) -> dict[str, float]:
-    """Validation metrics of `checkpoint` on `fold` of `prepared`."""
+    """Validation metrics of `checkpoint` on `fold` of `prepared`, exactly as the train loop reports them."""
     model, meta = load_checkpoint(Path(checkpoint))
     normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
     labels, scores = predict(model, fold_batches(prepared, fold, Preprocess(meta["image_size"])), normalize)
     return validation_metrics(labels, scores)
+
+
+def score(model: nn.Module, meta: dict, name: str, prepared: Path, fold: int | None, tta: bool) -> Scored:
+    normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
+    ids: list[str] = []
+    batches = fold_batches(prepared, fold, Preprocess(meta["image_size"]), ids=ids)
+    labels, scores = predict(FlipRotateAverage(model) if tta else model, batches, normalize)
+    if len(labels) == 0:
+        raise UserError(f"{name}: no images to evaluate" + (f" in fold {fold}" if fold is not None else ""))
+    return Scored(name, ids, labels, scores)
+
+
+def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None]:
+    """(display name, prepared folder, fold or None) for a DATA argument."""
+    path_text, _, fold_text = text.partition("@")
+    path = Path(path_text)
+    if not path.exists():
+        raise UserError(f"data not found: {path}")
+    fold = None
+    if fold_text:
+        if not fold_text.isdigit():
+            raise UserError(f"{text}: the part after '@' must be a fold number")
+        fold = int(fold_text)
+    if (path / MANIFEST).exists():
+        manifest = read_manifest(path)
+        if fold is not None and not 0 <= fold < manifest["folds"]:
+            raise UserError(f"{text}: {path} has folds 0 to {manifest['folds'] - 1}")
+        return text, path, fold
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+    prepared = cache / f"{path.name}-{image_size}px-{digest}"
+    if not (prepared / MANIFEST).exists():
+        prepare(path, prepared, image_size)
+    return text, prepared, fold
+
+
+def metrics_with_intervals(
+    scored: Scored, threshold: float, targets: Targets, resamples: int, seed: int
+) -> dict[str, dict]:
+    """{"threshold_free" | "at_0.5" | "at_threshold": {metric: {"value", "low", "high"}}}."""
+    groups = {
+        "threshold_free": lambda y, s: threshold_free(y, s, targets),
+        "at_0.5": lambda y, s: at_threshold(y, s, 0.5),
+        "at_threshold": lambda y, s: at_threshold(y, s, threshold),
+    }
+    result = {}
+    for group, statistic in groups.items():
+        point = statistic(scored.labels, scored.scores)
+        intervals = bootstrap(scored.labels, scored.scores, statistic, resamples, seed)
+        result[group] = {
+            k: {"value": v, "low": intervals[k][0], "high": intervals[k][1]} for k, v in point.items()
+        }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.evaluate", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint folder (model.safetensors + meta.json)")
+    parser.add_argument("data", nargs="+", help="PREPARED, PREPARED@FOLD or a raw image folder")
+    parser.add_argument("--threshold-from", metavar="VAL_DATA", help="choose the threshold on this data")
+    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default="youden")
+    parser.add_argument("--target-sensitivity", type=float, default=0.9, help="for --threshold sensitivity")
+    parser.add_argument("--fixed-specificity", type=float, default=Targets.fixed_specificity)
+    parser.add_argument("--fixed-sensitivity", type=float, default=Targets.fixed_sensitivity)
+    parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=Path("prepared"), help="where raw DATA is prepared")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<checkpoint>-<time>)")
+    args = parser.parse_args(argv)
+
+    from orchestrator.report import write_report
+
+    model, meta = load_checkpoint(args.checkpoint)
+    targets = Targets(args.fixed_specificity, args.fixed_sensitivity)
+    size = meta["image_size"]
+    datasets = [resolve_data(text, size, args.cache) for text in args.data]
+    scored = [score(model, meta, name, path, fold, args.tta) for name, path, fold in datasets]
+    if args.threshold_from:
+        name, path, fold = resolve_data(args.threshold_from, size, args.cache)
+        val = score(model, meta, name, path, fold, args.tta)
+        threshold = choose_threshold(val.labels, val.scores, args.threshold, args.target_sensitivity)
+        rule = "Youden's J" if args.threshold == "youden" else f"sensitivity >= {args.target_sensitivity:g}"
+        origin = f"chosen on {name} ({rule})"
+    else:
+        threshold = float(meta.get("threshold", 0.5))
+        origin = "stored in the checkpoint (Youden's J on its validation fold)"
+    results = {
+        s.name: metrics_with_intervals(s, threshold, targets, args.bootstrap, args.seed) for s in scored
+    }
+    out = args.out or Path("reports") / f"{Path(args.checkpoint).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = {
+        "checkpoint": str(args.checkpoint),
+        "backbone": meta["backbone"],
+        "threshold": threshold,
+        "threshold_origin": origin,
+        "tta": args.tta,
+        "bootstrap": args.bootstrap,
+        "targets": targets.__dict__,
+        "datasets": {s.name: {"images": len(s.labels), "malignant": int(s.labels.sum())} for s in scored},
+        "metrics": results,
+    }
+    html = write_report(out, summary, scored)
+    print(f"report: {html}")
+    print((out / "report.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -10,6 +10,7 @@ import pandas as pd
 from ray.tune import ResultGrid
 
 from orchestrator.config import SEARCHABLE, Spec
+from orchestrator.tables import to_markdown
 
 REPORTED = [
     "val_auc",
@@ -94,18 +95,6 @@ def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set
     frame = frame.sort_values(key, ascending=(mode == "min"), na_position="last", kind="stable")
     frame.insert(0, "rank", range(1, len(frame) + 1))
     return frame.reset_index(drop=True)
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.4g}"
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
 
 
 def by_configuration(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:

@@ -54,17 +54,28 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     }
 
 
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FPR, TPR and thresholds (score >= threshold is positive), from (0, 0) to (1, 1)."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(scores) - 1]
+    tp = np.cumsum(sorted_labels)[last]
+    fp = np.cumsum(~sorted_labels)[last]
+    positives, negatives = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
+    return (
+        np.r_[0.0, fp / negatives],
+        np.r_[0.0, tp / positives],
+        np.r_[np.inf, sorted_scores[last]],
+    )
+
+
 def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold (predict positive when score >= it) that maximises Youden's J =
     sensitivity + specificity - 1; 0.5 when there is only one class."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
+    if labels.all() or not labels.any():
         return 0.5
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    last_of_each = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(scores) - 1]  # distinct thresholds
-    tpr = np.cumsum(sorted_labels)[last_of_each] / positives
-    fpr = np.cumsum(~sorted_labels)[last_of_each] / negatives
-    return float(sorted_scores[last_of_each][np.argmax(tpr - fpr)])
+    fpr, tpr, thresholds = roc_points(labels, scores)
+    return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])

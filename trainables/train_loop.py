@@ -119,7 +119,8 @@ class Trainer:
         cfg, model = self.config, self.model
         frozen = epoch < cfg["freeze_epochs"]
         set_backbone_frozen(_unwrap(model), frozen)
-        train_mode(model, frozen)
+        model.train()  # the DDP wrapper too
+        train_mode(_unwrap(model), frozen)
         total = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, images
         started = time.perf_counter()
         for step, batch in enumerate(batches):
