@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
@@ -92,13 +92,19 @@ def load_resized(path: Path, size: int) -> Loaded:
         return Loaded(jpeg, hashlib.sha256(raw).hexdigest(), perceptual_hash(rgb), original, mode)
 
 
-def _load_one(task: tuple[Path, int]) -> Loaded | str:
-    """Worker-process entry: the loaded image, or the reason the file could not be read."""
-    path, size = task
+def try_load(path: Path, size: int) -> Loaded | str:
+    """The loaded image, or the reason the file could not be read."""
     try:
         return load_resized(path, size)
+    except UnidentifiedImageError:
+        return "not an image file (unknown or damaged format)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return f"{type(err).__name__}: {err}"
+
+
+def _load_one(task: tuple[Path, int]) -> Loaded | str:
+    """Worker-process entry."""
+    return try_load(*task)
 
 
 def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
