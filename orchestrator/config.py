@@ -39,6 +39,9 @@ class DataSpec(Strict):
     val_fold: int | list[int] | Literal["all"] = Field(
         0, description="the validation fold; a list or 'all' trains every configuration on each (k-fold CV)"
     )
+    test_fold: int | None = Field(
+        None, ge=0, description="a fold no trial trains or validates on: the internal test set"
+    )
     image_size: int | None = Field(None, ge=16, description="pixels; default: each backbone's own")
     cache: Path = Field(Path("prepared"), description="where prepared copies of `source` are kept")
     balance: Literal["oversample", "class_weight", "none"] = Field(
@@ -53,7 +56,7 @@ class DataSpec(Strict):
     @property
     def val_folds(self) -> list[int]:
         if self.val_fold == "all":
-            return list(range(self.folds))
+            return [fold for fold in range(self.folds) if fold != self.test_fold]
         return as_list(self.val_fold)
 
     @model_validator(mode="after")
@@ -63,6 +66,8 @@ class DataSpec(Strict):
         bad = [fold for fold in self.val_folds if not 0 <= fold < self.folds]
         if bad or not self.val_folds or len(set(self.val_folds)) != len(self.val_folds):
             raise ValueError(f"val_fold must be distinct folds from 0 to {self.folds - 1}, or 'all'")
+        if self.test_fold is not None and (self.test_fold >= self.folds or self.test_fold in self.val_folds):
+            raise ValueError(f"test_fold must be a fold below {self.folds} that is not a validation fold")
         return self
 
 
@@ -139,6 +144,27 @@ class ResourcesSpec(Strict):
         return self.threads_per_worker or math.ceil(self.cpus_per_worker)
 
 
+class EvaluationSpec(Strict):
+    """After the sweep: the best trials, with a threshold chosen on each one's validation fold,
+    tested on these datasets (kept out of training: a held-out or external set)."""
+
+    test: list[str] = Field(
+        default_factory=list,
+        description="PREPARED, PREPARED@FOLD or raw image folders, tested after the sweep",
+    )
+    top: int = Field(1, ge=1, description="how many of the best trials are tested")
+    threshold: Literal["youden", "sensitivity"] = "youden"
+    target_sensitivity: float = Field(0.9, gt=0, le=1, description="for threshold: sensitivity")
+    fixed_specificity: float = Field(
+        0.8, gt=0, lt=1, description="sensitivity is reported at this specificity"
+    )
+    fixed_sensitivity: float = Field(
+        0.9, gt=0, lt=1, description="specificity is reported at this sensitivity"
+    )
+    tta: bool = False
+    bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
+
+
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     data: DataSpec
@@ -147,6 +173,7 @@ class Spec(Strict):
     train: TrainSpec
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
     storage: str = "runs"
 
     def searched(self) -> dict[str, list]:
@@ -268,12 +295,18 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
             return "file:" + str((base / Path(source[len("file:") :]).expanduser()).resolve())
         return source
 
+    def dataset(text: str) -> str:  # PATH or PATH@FOLD
+        path, at, fold = text.partition("@")
+        return str((base / path).resolve()) + at + fold
+
     given = spec.train.weights
     resolved = {k: weights(v) for k, v in given.items()} if isinstance(given, dict) else weights(given)
+    tests = [dataset(text) for text in spec.evaluation.test]
     return spec.model_copy(
         update={
             "data": data.model_copy(update=updates),
             "storage": storage,
             "train": spec.train.model_copy(update={"weights": resolved}),
+            "evaluation": spec.evaluation.model_copy(update={"test": tests}),
         }
     )

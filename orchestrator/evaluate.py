@@ -144,6 +144,58 @@ def metrics_with_intervals(
     return result
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a checkpoint is evaluated; the spec's `evaluation` section and the CLI both fill it."""
+
+    threshold: str = "youden"
+    target_sensitivity: float = 0.9
+    targets: Targets = Targets()
+    tta: bool = False
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, data: list[str], threshold_from: str | None, options: Options, cache: Path
+) -> tuple[dict, list[Scored]]:
+    """Score `checkpoint` on every DATA with the threshold chosen on `threshold_from` (or the stored
+    one); return the summary (metrics with intervals, per dataset) and the predictions."""
+    model, meta = load_checkpoint(Path(checkpoint))
+    size = meta["image_size"]
+    scored = [score(model, meta, *resolve_data(text, size, cache), options.tta) for text in data]
+    if threshold_from:
+        known = {s.name: s for s in scored}
+        val = known.get(threshold_from) or score(
+            model, meta, *resolve_data(threshold_from, size, cache), options.tta
+        )
+        threshold = choose_threshold(val.labels, val.scores, options.threshold, options.target_sensitivity)
+        rule = (
+            "Youden's J"
+            if options.threshold == "youden"
+            else f"sensitivity >= {options.target_sensitivity:g}"
+        )
+        origin = f"chosen on {threshold_from} ({rule})"
+    else:
+        threshold = float(meta.get("threshold", 0.5))
+        origin = "stored in the checkpoint (Youden's J on its validation fold)"
+    summary = {
+        "checkpoint": str(checkpoint),
+        "backbone": meta["backbone"],
+        "threshold": threshold,
+        "threshold_origin": origin,
+        "tta": options.tta,
+        "bootstrap": options.bootstrap,
+        "targets": options.targets.__dict__,
+        "datasets": {s.name: {"images": len(s.labels), "malignant": int(s.labels.sum())} for s in scored},
+        "metrics": {
+            s.name: metrics_with_intervals(s, threshold, options.targets, options.bootstrap, options.seed)
+            for s in scored
+        },
+    }
+    return summary, scored
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.evaluate", description=__doc__.split("\n\n")[0]
@@ -164,35 +216,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from orchestrator.report import write_report
 
-    model, meta = load_checkpoint(args.checkpoint)
-    targets = Targets(args.fixed_specificity, args.fixed_sensitivity)
-    size = meta["image_size"]
-    datasets = [resolve_data(text, size, args.cache) for text in args.data]
-    scored = [score(model, meta, name, path, fold, args.tta) for name, path, fold in datasets]
-    if args.threshold_from:
-        name, path, fold = resolve_data(args.threshold_from, size, args.cache)
-        val = score(model, meta, name, path, fold, args.tta)
-        threshold = choose_threshold(val.labels, val.scores, args.threshold, args.target_sensitivity)
-        rule = "Youden's J" if args.threshold == "youden" else f"sensitivity >= {args.target_sensitivity:g}"
-        origin = f"chosen on {name} ({rule})"
-    else:
-        threshold = float(meta.get("threshold", 0.5))
-        origin = "stored in the checkpoint (Youden's J on its validation fold)"
-    results = {
-        s.name: metrics_with_intervals(s, threshold, targets, args.bootstrap, args.seed) for s in scored
-    }
+    options = Options(
+        args.threshold,
+        args.target_sensitivity,
+        Targets(args.fixed_specificity, args.fixed_sensitivity),
+        args.tta,
+        args.bootstrap,
+        args.seed,
+    )
+    summary, scored = evaluate_checkpoint(
+        args.checkpoint, args.data, args.threshold_from, options, args.cache
+    )
     out = args.out or Path("reports") / f"{Path(args.checkpoint).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = {
-        "checkpoint": str(args.checkpoint),
-        "backbone": meta["backbone"],
-        "threshold": threshold,
-        "threshold_origin": origin,
-        "tta": args.tta,
-        "bootstrap": args.bootstrap,
-        "targets": targets.__dict__,
-        "datasets": {s.name: {"images": len(s.labels), "malignant": int(s.labels.sum())} for s in scored},
-        "metrics": results,
-    }
     html = write_report(out, summary, scored)
     print(f"report: {html}")
     print((out / "report.md").read_text())

@@ -14,11 +14,11 @@ from orchestrator.presets import Preprocess, batch_seed, current_epoch
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
 
 
-def train_class_counts(manifest: dict, val_fold: int) -> dict[int, int]:
-    """Images per class label in the training folds (every fold but `val_fold`)."""
+def train_class_counts(manifest: dict, val_fold: int, test_fold: int | None = None) -> dict[int, int]:
+    """Images per class label in the training folds (every fold but `val_fold` and `test_fold`)."""
     counts: dict[int, int] = {}
     for fold, per_class in manifest["counts"]["per_fold"].items():
-        if int(fold) == val_fold:
+        if int(fold) in (val_fold, test_fold):
             continue
         for label, name in enumerate(manifest["classes"]):
             counts[label] = counts.get(label, 0) + per_class[name]
@@ -66,16 +66,24 @@ def configure_data_context() -> None:
 
 
 def build_datasets(
-    prepared: str | Path, val_fold: int, size: int, augment: str, balance: str, seed: int = 0
+    prepared: str | Path,
+    val_fold: int,
+    size: int,
+    augment: str,
+    balance: str,
+    seed: int = 0,
+    test_fold: int | None = None,
 ) -> dict[str, ray.data.Dataset]:
-    """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced."""
+    """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced, and the
+    test fold is in neither."""
     configure_data_context()
     manifest = read_manifest(Path(prepared))
     rows = ray.data.read_parquet(str(Path(prepared) / SHARDS), columns=READ_COLUMNS)
-    train = rows.filter(expr=f"fold != {val_fold}")
+    held_out = f" and fold != {test_fold}" if test_fold is not None else ""
+    train = rows.filter(expr=f"fold != {val_fold}{held_out}")
     val = rows.filter(expr=f"fold == {val_fold}")
     if balance == "oversample":
-        factors = oversample_factors(train_class_counts(manifest, val_fold))
+        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold))
         train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
     train = train.map_batches(Preprocess(size, augment, seed), batch_format="numpy")
     val = val.map_batches(Preprocess(size), batch_format="numpy")

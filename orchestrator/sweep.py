@@ -25,6 +25,7 @@ from orchestrator.config import Spec, load_spec
 from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import prepare, read_manifest
 from orchestrator.sources import read_source
+from orchestrator.top_trials import evaluate_top_trials
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone, check_weights
 
@@ -166,6 +167,7 @@ def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
     results = tuner.fit()
     stopped = getattr(scheduler, "stopped_early", set())
     frame = leaderboard.build(results, spec, run_dir / CHECKPOINTS, stopped)
+    frame = evaluate_top_trials(frame, spec, prepared, run_dir)
     leaderboard.write(frame, run_dir)
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, spec.scheduler.metric, spec.scheduler.resolved_mode)

@@ -32,7 +32,7 @@ def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[st
     """Everything the train loop needs, as plain values."""
     backbone, train = config["backbone"], spec.train
     normalisation = input_config(backbone)
-    counts = train_class_counts(manifest, config["val_fold"])
+    counts = train_class_counts(manifest, config["val_fold"], spec.data.test_fold)
     balance = spec.data.balance
     per_epoch = oversample_factors(counts) if balance == "oversample" else dict.fromkeys(counts, 1.0)
     return {
@@ -63,6 +63,7 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -
         augment=spec.augment,
         balance=spec.data.balance,
         seed=spec.train.seed,
+        test_fold=spec.data.test_fold,
     )
     resources = spec.resources
     per_worker = {"CPU": resources.cpus_per_worker}

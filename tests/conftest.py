@@ -22,11 +22,11 @@ def needs_shared(path: Path) -> pytest.MarkDecorator:
     return pytest.mark.skipif(not path.exists(), reason=f"{path} is not available")
 
 
-def copy_subset(destination: Path, per_class: int, source: Path = SAMPLE) -> Path:
-    """A folder-per-class source holding the first `per_class` real images of each class."""
+def copy_subset(destination: Path, per_class: int, source: Path = SAMPLE, skip: int = 0) -> Path:
+    """A folder-per-class source holding `per_class` real images of each class, after the first `skip`."""
     for name in ("benign", "malignant"):
         (destination / name).mkdir(parents=True, exist_ok=True)
-        for path in sorted((source / name).glob("*.jpg"))[:per_class]:
+        for path in sorted((source / name).glob("*.jpg"))[skip : skip + per_class]:
             shutil.copy(path, destination / name / path.name)
     return destination
 

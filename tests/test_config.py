@@ -140,3 +140,10 @@ def test_file_weights_resolve_against_the_working_directory(tmp_path, monkeypatc
     spec = load_spec(path)
     assert spec.train.weights_for("resnet18") == f"file:{tmp_path / 'w' / 'r18.safetensors'}"
     assert spec.train.weights_for("resnet34") == "none"
+
+
+def test_test_fold_is_kept_out_of_validation():
+    spec = parse_spec(spec_with(data={"source": "a", "folds": 5, "val_fold": "all", "test_fold": 4}))
+    assert spec.data.val_folds == [0, 1, 2, 3]
+    assert "test_fold" in error_of(spec_with(data={"source": "a", "val_fold": [0, 1], "test_fold": 1}))
+    assert "test_fold" in error_of(spec_with(data={"source": "a", "folds": 3, "test_fold": 3}))

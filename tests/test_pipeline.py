@@ -75,6 +75,14 @@ def test_ray_datasets_split_by_fold(ray_local, small_prepared):
     assert first["image"].shape == (4, 3, 32, 32)
 
 
+def test_the_test_fold_is_neither_trained_nor_validated_on(ray_local, small_prepared):
+    datasets = build_datasets(small_prepared, 1, 32, "none", "none", test_fold=2)
+    train = datasets["train"].take_all()
+    assert len(train) == 20 and len(datasets["val"].take_all()) == 10  # folds 0 and 3; fold 1
+    manifest = read_manifest(small_prepared)
+    assert sum(train_class_counts(manifest, 1, test_fold=2).values()) == 20
+
+
 def _epochs(dataset, count: int) -> list[np.ndarray]:
     return [np.concatenate([b["image"] for b in dataset.iter_batches(batch_size=100)]) for _ in range(count)]
 

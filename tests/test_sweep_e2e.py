@@ -33,6 +33,7 @@ def hparam_names(run_dir: Path) -> set[str]:
 def sweep(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     source = copy_subset(root / "source", per_class=40)
+    held_out = copy_subset(root / "held-out", per_class=15, skip=40)  # images no trial trains on
     spec = parse_spec(
         {
             "name": "e2e",
@@ -48,6 +49,7 @@ def sweep(ray_local, tmp_path_factory):
             "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 0.0, 0.0, 1e30], "batch_size": 16},
             "train": {"epochs": 3, "weights": "package", "freeze_epochs": 1, "label_smoothing": 0.1},
             "scheduler": {"type": "asha", "metric": "train_loss", "grace_period": 2, "reduction_factor": 2},
+            "evaluation": {"test": [str(held_out)], "top": 1, "bootstrap": 50},
             "storage": str(root / "runs"),
         }
     )
@@ -86,6 +88,37 @@ def test_asha_stopped_a_trial_early(sweep):
 def test_tensorboard_hparams_name_the_searched_keys(sweep):
     _, run_dir, _ = sweep
     assert {"backbone", "lr", "optimizer", "batch_size"} <= hparam_names(run_dir)
+
+
+def test_best_trial_is_tested_on_held_out_images(sweep):
+    spec, run_dir, frame = sweep
+    best, second = frame.iloc[0], frame.iloc[1]
+    assert best["test_roc_auc_low"] <= best["test_roc_auc"] <= best["test_roc_auc_high"]
+    assert 0 < best["test_threshold"] < 1
+    assert pd.isna(second.get("test_roc_auc"))  # evaluation.top: 1
+    written = pd.read_csv(run_dir / "leaderboard.csv")
+    assert written["test_sensitivity"].iloc[0] == pytest.approx(best["test_sensitivity"])
+    page = (run_dir / "report" / "report.html").read_text()
+    assert spec.evaluation.test[0] in page and f"@{int(best['val_fold'])}" in page
+    summary = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert summary["datasets"][spec.evaluation.test[0]] == {"images": 30, "malignant": 15}
+
+
+def test_tensorboard_shows_test_metrics_and_the_roc_curve(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, run_dir, _ = sweep
+    metrics, images = set(), []
+    for events in (run_dir / "test-results").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        images += accumulator.Tags()["images"]
+        for content in accumulator.PluginTagToContent("hparams").values():
+            data = plugin_data_pb2.HParamsPluginData.FromString(content)
+            metrics.update(m.name.tag for m in data.experiment.metric_infos)
+    assert "best_trial/roc" in images
+    assert {"test/roc_auc", "final/val_auc"} <= metrics
 
 
 def test_a_tiny_fine_tune_learns(sweep):

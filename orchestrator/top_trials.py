@@ -1,0 +1,122 @@
+"""After a sweep: the best trials tested on the internal test fold and the spec's test datasets.
+
+Each tested trial gets its decision threshold from its own validation fold (Youden's J or a target
+sensitivity), applied unchanged to every test set. The leaderboard gains `test_*` columns with 95%
+bootstrap intervals (`test2_*` for a second set, ...); the best trial gets a full report (its
+validation fold and the test sets side by side) under `<run>/report/`; TensorBoard gets the tested
+trials' hyperparameters with their final and test metrics, and the best trial's ROC curve.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.clinical import Targets
+from orchestrator.config import Spec
+from orchestrator.evaluate import Options, evaluate_checkpoint
+from orchestrator.prepare import MANIFEST, read_manifest
+
+log = logging.getLogger(__name__)
+
+# (group in the evaluation summary, metric): the leaderboard's test columns
+TEST_COLUMNS = [
+    ("threshold_free", "roc_auc"),
+    ("threshold_free", "pr_auc"),
+    ("threshold_free", "partial_auc"),
+    ("at_threshold", "sensitivity"),
+    ("at_threshold", "specificity"),
+    ("at_threshold", "balanced_accuracy"),
+    ("at_threshold", "f1"),
+]
+REPORT = "report"
+TENSORBOARD = "test-results"
+
+
+def options_for(spec: Spec) -> Options:
+    ev = spec.evaluation
+    targets = Targets(fixed_specificity=ev.fixed_specificity, fixed_sensitivity=ev.fixed_sensitivity)
+    return Options(ev.threshold, ev.target_sensitivity, targets, ev.tta, ev.bootstrap, spec.train.seed)
+
+
+def warn_if_not_deduplicated(test: str, prepared: Path) -> None:
+    path = Path(test.partition("@")[0])
+    if path.resolve() == prepared.resolve() or not (path / MANIFEST).exists():
+        return
+    reference = read_manifest(path).get("against", {}).get("reference")
+    if reference is None or Path(reference).resolve() != prepared.resolve():
+        log.warning(
+            "%s was not de-duplicated against the training data %s: its scores may be optimistic "
+            "(prepare it with --against %s)",
+            path,
+            prepared,
+            prepared,
+        )
+
+
+def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: Path) -> pd.DataFrame:
+    """The leaderboard with test columns for its `evaluation.top` best trials."""
+    internal = [f"{prepared}@{spec.data.test_fold}"] if spec.data.test_fold is not None else []
+    tests = internal + spec.evaluation.test
+    if not tests:
+        return frame
+    for test in tests:
+        warn_if_not_deduplicated(test, prepared)
+    from orchestrator.report import write_report
+
+    frame = frame.copy()
+    tested = frame[frame.get("checkpoint", pd.Series(dtype=object)).notna()].head(spec.evaluation.top)
+    for position, (index, row) in enumerate(tested.iterrows()):
+        validation = f"{prepared}@{int(row['val_fold'])}"
+        data = [validation, *tests] if position == 0 else tests
+        summary, scored = evaluate_checkpoint(
+            Path(row["checkpoint"]), data, validation, options_for(spec), spec.data.cache
+        )
+        frame.loc[index, "test_threshold"] = summary["threshold"]
+        for number, test in enumerate(tests, start=1):
+            prefix = "test" if number == 1 else f"test{number}"
+            for group, metric in TEST_COLUMNS:
+                cell = summary["metrics"][test][group][metric]
+                frame.loc[index, f"{prefix}_{metric}"] = cell["value"]
+                frame.loc[index, f"{prefix}_{metric}_low"] = cell["low"]
+                frame.loc[index, f"{prefix}_{metric}_high"] = cell["high"]
+        if position == 0:
+            html = write_report(run_dir / REPORT, summary, scored)
+            log.info("best trial's report: %s", html)
+    write_tensorboard(frame, spec, run_dir)
+    return frame
+
+
+def write_tensorboard(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
+    """HParams sessions for the tested trials (hyperparameters, final and test metrics) and the
+    best trial's ROC curve, in `<run>/test-results`."""
+    from PIL import Image
+    from tensorboardX import SummaryWriter
+
+    keys = list(spec.searched())
+    with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
+        for _, row in frame[frame["test_threshold"].notna()].iterrows():
+            hparams = {key: _plain(row[key]) for key in keys}
+            metrics = {f"final/{c.removeprefix('last_')}": row[c] for c in frame if c.startswith("last_val_")}
+            metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
+            writer.add_hparams(
+                hparams, {k: float(v) for k, v in metrics.items() if pd.notna(v)}, name=row["trial_id"]
+            )
+        roc = run_dir / REPORT / "roc.png"
+        if roc.exists():
+            image = np.asarray(Image.open(roc).convert("RGB")).transpose(2, 0, 1)
+            writer.add_image("best_trial/roc", image)
+
+
+def _is_test_value(column: str) -> bool:
+    return column.startswith("test_") and not column.endswith(("_low", "_high"))
+
+
+def _plain(value):
+    """HParams takes only str, bool, int and float."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value if isinstance(value, (str, bool, int, float)) else str(value)
