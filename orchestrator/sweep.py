@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -36,15 +37,21 @@ DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
 
 
 class RecordingASHA(ASHAScheduler):
-    """ASHA that remembers which trials it stopped before their last epoch."""
+    """ASHA that remembers which trials it stopped before their last epoch, and never stops a trial
+    at its last epoch: such a trial ends by itself, so that its Train controller releases its
+    placement group (a trial actor killed by Tune can leave it reserved, and the next trial's Ray
+    Data then waits for a CPU forever)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, epochs: int, **kwargs: Any) -> None:
+        super().__init__(max_t=epochs + 1, **kwargs)
+        self.epochs = epochs
         self.stopped_early: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.STOP and result.get(self._time_attr, 0) < self._max_t:
+        if result.get(self._time_attr, 0) >= self.epochs:
+            return TrialScheduler.CONTINUE  # the loop returns after its last epoch
+        if decision == TrialScheduler.STOP:
             self.stopped_early.add(trial.trial_id)
         return decision
 
@@ -128,8 +135,8 @@ def scheduler_for(spec: Spec) -> TrialScheduler:
     if sched.type == "fifo":
         return FIFOScheduler()
     return RecordingASHA(
+        spec.train.epochs,
         time_attr="training_iteration",
-        max_t=spec.train.epochs,
         grace_period=min(sched.grace_period, spec.train.epochs),
         reduction_factor=sched.reduction_factor,
     )
@@ -167,6 +174,8 @@ def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
     results = tuner.fit()
     stopped = getattr(scheduler, "stopped_early", set())
     frame = leaderboard.build(results, spec, run_dir / CHECKPOINTS, stopped)
+    record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "ray": ray.__version__}
+    (run_dir / "run.json").write_text(json.dumps(record, indent=2))  # what this run was, to reproduce it
     frame = evaluate_top_trials(frame, spec, prepared, run_dir)
     leaderboard.write(frame, run_dir)
     if len(spec.data.val_folds) > 1:

@@ -63,6 +63,8 @@ def test_one_leaderboard_row_per_trial(sweep):
     written = pd.read_csv(run_dir / "leaderboard.csv")
     assert len(written) == 4 and list(written["rank"]) == [1, 2, 3, 4]
     assert "| rank |" in (run_dir / "leaderboard.md").read_text()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["spec"]["name"] == "e2e" and Path(record["prepared"]).is_dir()
     scored = frame[frame["status"] != "failed"]
     assert len(scored) == 3 and scored["best_train_loss"].is_monotonic_increasing  # best (lowest) first
 
