@@ -28,10 +28,13 @@ from trainables.precision import Normalize
 
 
 @torch.no_grad()
-def features(prepared: Path, backbone: str, weights: str, batch_size: int = 64):
+def features(prepared: Path, backbone: str, weights: str, size: int | None = None, batch_size: int = 64):
     cfg = input_config(backbone)
     model = create_backbone(backbone, weights, num_classes=None).eval()
-    normalize, preprocess = Normalize(cfg.mean, cfg.std, torch.device("cpu")), Preprocess(cfg.input_size)
+    normalize, preprocess = (
+        Normalize(cfg.mean, cfg.std, torch.device("cpu")),
+        Preprocess(size or cfg.input_size),
+    )
     table = pq.read_table(prepared / SHARDS, columns=["image", "label", "fold"])
     images = table.column("image").to_pylist()
     out = []
@@ -47,9 +50,10 @@ def main() -> None:
     parser.add_argument("prepared", type=Path)
     parser.add_argument("--backbone", default="mobilenetv2")
     parser.add_argument("--weights", default="file:../shared/weights/mobilenetv2_100.safetensors")
+    parser.add_argument("--size", type=int, help="input size (default: the backbone's own)")
     args = parser.parse_args()
     started = time.perf_counter()
-    x, y, folds = features(args.prepared, args.backbone, args.weights)
+    x, y, folds = features(args.prepared, args.backbone, args.weights, args.size)
     print(f"features {x.shape} in {time.perf_counter() - started:.0f} s")
     aucs = []
     for fold in range(read_manifest(args.prepared)["folds"]):
