@@ -14,16 +14,25 @@ from tests.conftest import copy_subset
 pytestmark = pytest.mark.slow
 
 
+def plugin_contents(events: Path, plugin: str) -> list[bytes]:
+    """The plugin data an event file holds for `plugin` (none when it holds no such data)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    try:
+        return list(accumulator.PluginTagToContent(plugin).values())
+    except KeyError:
+        return []
+
+
 def hparam_names(run_dir: Path) -> set[str]:
     """The HParams keys TensorBoard shows, read back from the trials' event files."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     names: set[str] = set()
     for events in run_dir.glob("*/events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(events))
-        accumulator.Reload()
-        for content in accumulator.PluginTagToContent("hparams").values():
+        for content in plugin_contents(events, "hparams"):
             data = plugin_data_pb2.HParamsPluginData.FromString(content)
             names.update(data.session_start_info.hparams.keys())
     return names
@@ -116,7 +125,7 @@ def test_tensorboard_shows_test_metrics_and_the_roc_curve(sweep):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         images += accumulator.Tags()["images"]
-        for content in accumulator.PluginTagToContent("hparams").values():
+        for content in plugin_contents(events, "hparams"):
             data = plugin_data_pb2.HParamsPluginData.FromString(content)
             metrics.update(m.name.tag for m in data.experiment.metric_infos)
     assert "best_trial/roc" in images
