@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UserError
+from orchestrator.storage import normalise
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
@@ -286,9 +287,7 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
         for key, value in (("source", data.source), ("prepared", data.prepared), ("cache", data.cache))
         if value is not None
     }
-    storage = spec.storage
-    if "://" not in storage:
-        storage = str((base / storage).resolve())
+    storage = normalise(spec.storage, base)
 
     def weights(source: str) -> str:  # workers do not share the driver's working directory
         if source.startswith("file:"):

@@ -10,6 +10,7 @@ import pandas as pd
 from ray.tune import ResultGrid
 
 from orchestrator.config import SEARCHABLE, Spec
+from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
 
 REPORTED = [
@@ -29,21 +30,31 @@ SHOWN = ["rank", "backbone", "weights", "lr", "optimizer", "batch_size", "val_fo
 CV_METRICS = ["val_auc", "val_recall_at_threshold", "val_specificity_at_threshold", "val_recall", "val_f1"]
 
 
-def best_checkpoint(trial_checkpoints: Path, metric: str, mode: str) -> tuple[str, dict] | None:
+def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
+    """Each trial's kept checkpoints, as (location, metrics) read from their meta.json."""
+    found: dict[str, list[tuple[str, dict]]] = {}
+    for path in checkpoints.files():
+        trial, folder, name = ([*path.split("/"), "", ""])[:3]
+        if folder.startswith("checkpoint_") and name == "meta.json" and path.count("/") == 2:
+            metrics = json.loads(checkpoints.read_text(path))["metrics"]
+            found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), metrics))
+    return found
+
+
+def best_checkpoint(kept: list[tuple[str, dict]], metric: str, mode: str) -> tuple[str, dict] | None:
     """The kept checkpoint of one trial that scored best on `metric`, with its metrics."""
-    scored = []
-    for meta_path in sorted(trial_checkpoints.glob("checkpoint_*/meta.json")):
-        metrics = json.loads(meta_path.read_text())["metrics"]
-        value = metrics.get(metric, float("nan"))
-        if not math.isnan(value):
-            scored.append((value if mode == "max" else -value, str(meta_path.parent), metrics))
+    scored = [
+        (value if mode == "max" else -value, location, metrics)
+        for location, metrics in kept
+        if not math.isnan(value := metrics.get(metric, float("nan")))
+    ]
     if not scored:
         return None
-    _, path, metrics = max(scored, key=lambda item: item[0])
-    return path, metrics
+    _, location, metrics = max(scored, key=lambda item: item[0])
+    return location, metrics
 
 
-def _status(result, trial_id: str, stopped_early: set[str]) -> tuple[str, str]:
+def _status(result, epochs_run: int, epochs: int) -> tuple[str, str]:
     failure = (result.metrics or {}).get("failure")
     if failure:  # the train loop ended the trial itself, e.g. on a non-finite loss
         return "failed", str(failure)
@@ -51,7 +62,8 @@ def _status(result, trial_id: str, stopped_early: set[str]) -> tuple[str, str]:
         lines = [line for line in str(result.error).splitlines() if line.strip()]
         reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
         return "failed", reason.strip()[:300]
-    return ("stopped early" if trial_id in stopped_early else "completed"), ""
+    # a trial ends before its last epoch only when the scheduler stops it (a resumed sweep too)
+    return ("stopped early" if epochs_run < epochs else "completed"), ""
 
 
 def _epochs_completed(history: pd.DataFrame | None) -> int:
@@ -62,13 +74,15 @@ def _epochs_completed(history: pd.DataFrame | None) -> int:
     return int(done.max()) if len(done) else 0
 
 
-def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set[str]) -> pd.DataFrame:
+def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]]]) -> pd.DataFrame:
+    """One row per trial; `kept` holds each trial's checkpoints (see `checkpoint_metas`)."""
     metric, mode = spec.scheduler.metric, spec.scheduler.resolved_mode
     rows = []
     for result in results:
         trial_id = Path(result.path).name
         history = result.metrics_dataframe
-        status, error = _status(result, trial_id, stopped_early)
+        epochs_run = _epochs_completed(history)
+        status, error = _status(result, epochs_run, spec.train.epochs)
         backbone = result.config["backbone"]
         weights = spec.train.weights_for(backbone)
         row = {
@@ -76,9 +90,9 @@ def build(results: ResultGrid, spec: Spec, checkpoints: Path, stopped_early: set
             **result.config,
             "weights": weights if weights != "none" else "none (random init)",
             "status": status,
-            "epochs_run": _epochs_completed(history),
+            "epochs_run": epochs_run,
         }
-        found = best_checkpoint(checkpoints / trial_id, metric, mode)
+        found = best_checkpoint(kept.get(trial_id, []), metric, mode)
         if found:
             path, best = found
             row["best_epoch"] = best["epoch"]
@@ -123,8 +137,7 @@ def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
     return frame[columns].head(top)
 
 
-def write(frame: pd.DataFrame, run_dir: Path, name: str = "leaderboard") -> tuple[Path, Path]:
-    csv, markdown = run_dir / f"{name}.csv", run_dir / f"{name}.md"
-    frame.to_csv(csv, index=False)
-    markdown.write_text(to_markdown(frame))
-    return csv, markdown
+def write(frame: pd.DataFrame, out: Storage, name: str = "leaderboard") -> None:
+    """`<name>.csv` and `<name>.md`, each replaced whole or left as it was."""
+    out.write_atomic(f"{name}.csv", frame.to_csv(index=False).encode())
+    out.write_atomic(f"{name}.md", to_markdown(frame).encode())

@@ -73,12 +73,15 @@ def build_datasets(
     balance: str,
     seed: int = 0,
     test_fold: int | None = None,
+    manifest: dict | None = None,
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced, and the
-    test fold is in neither."""
+    test fold is in neither. `prepared` is a local folder or a URI (`s3://...`); with a URI, pass
+    its `manifest` (read by the driver)."""
     configure_data_context()
-    manifest = read_manifest(Path(prepared))
-    rows = ray.data.read_parquet(str(Path(prepared) / SHARDS), columns=READ_COLUMNS)
+    prepared = str(prepared).rstrip("/")
+    manifest = manifest if manifest is not None else read_manifest(Path(prepared))
+    rows = ray.data.read_parquet(f"{prepared}/{SHARDS}", columns=READ_COLUMNS)
     held_out = f" and fold != {test_fold}" if test_fold is not None else ""
     train = rows.filter(expr=f"fold != {val_fold}{held_out}")
     val = rows.filter(expr=f"fold == {val_fold}")

@@ -1,10 +1,14 @@
 """Run an experiment spec as a Ray Tune grid with ASHA early stopping; write the leaderboard.
 
-    python -m orchestrator.sweep [SPEC.yaml] [--set KEY=VALUE ...] [--storage DIR] [--address ADDR]
+    python -m orchestrator.sweep [SPEC.yaml] [--set KEY=VALUE ...] [--storage DIR|URI] [--address ADDR]
+    python -m orchestrator.sweep SPEC.yaml --resume        # the spec's latest unfinished run
+    python -m orchestrator.sweep --resume RUN_DIR|RUN_URI
 
 Without SPEC it runs the embedded default, `experiments/default.yaml`. Results land in
-`<storage>/<name>-<time>/`: the leaderboard (CSV and Markdown), TensorBoard event files (HParams
-tab: the leaderboard; Scalars: the curves) and the checkpoints.
+`<storage>/<name>-<time>/` (a folder, or `s3://`/`gs://` storage): run.json (what ran), the
+leaderboard (CSV and Markdown), TensorBoard event files (HParams tab: the leaderboard; Scalars:
+the curves) and the checkpoints. A resumed run finishes its unfinished trials, each from its last
+checkpoint, and leaves finished ones as they are.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import hashlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,8 +29,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from orchestrator import leaderboard
 from orchestrator.config import Spec, load_spec
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import prepare, read_manifest
+from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.sources import read_source
+from orchestrator.storage import Storage, StorageError, local_copy, normalise, staging_dir
 from orchestrator.top_trials import evaluate_top_trials
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone, check_weights
@@ -34,25 +40,24 @@ log = logging.getLogger(__name__)
 
 DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU, a token of memory
 DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
+RUN_RECORD = "run.json"
+LEADERBOARD = "leaderboard"
+PREPARED_COPIES = "prepared"  # beside the runs in remote storage, where every node can read them
 
 
-class RecordingASHA(ASHAScheduler):
-    """ASHA that remembers which trials it stopped before their last epoch, and never stops a trial
-    at its last epoch: such a trial ends by itself, so that its Train controller releases its
-    placement group (a trial actor killed by Tune can leave it reserved, and the next trial's Ray
-    Data then waits for a CPU forever)."""
+class LastEpochASHA(ASHAScheduler):
+    """ASHA that never stops a trial at its last epoch: such a trial ends by itself, so that its
+    Train controller releases its placement group (a trial actor killed by Tune can leave it
+    reserved, and the next trial's Ray Data then waits for a CPU forever)."""
 
     def __init__(self, epochs: int, **kwargs: Any) -> None:
         super().__init__(max_t=epochs + 1, **kwargs)
         self.epochs = epochs
-        self.stopped_early: set[str] = set()
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if result.get(self._time_attr, 0) >= self.epochs:
             return TrialScheduler.CONTINUE  # the loop returns after its last epoch
-        if decision == TrialScheduler.STOP:
-            self.stopped_early.add(trial.trial_id)
         return decision
 
 
@@ -134,54 +139,142 @@ def scheduler_for(spec: Spec) -> TrialScheduler:
     sched = spec.scheduler
     if sched.type == "fifo":
         return FIFOScheduler()
-    return RecordingASHA(
+    return LastEpochASHA(
         spec.train.epochs,
-        time_attr="training_iteration",
+        time_attr="epoch",  # the loop's own count: it goes on across restarts and resumed runs
         grace_period=min(sched.grace_period, spec.train.epochs),
         reduction_factor=sched.reduction_factor,
     )
 
 
-def run_sweep(spec: Spec, address: str | None = None) -> tuple[Path, Any]:
-    """Run the spec's grid; return the run folder and the leaderboard frame."""
-    if "://" in spec.storage:
-        raise UserError("remote storage is not supported yet; use a local folder for 'storage'")
+def shared_prepared(storage: Storage, prepared: Path) -> str:
+    """Where every node can read the prepared dataset: the folder itself with local storage, else a
+    copy beside the runs, uploaded once (the manifest last, so a copy with one is complete)."""
+    if not storage.remote:
+        return str(prepared)
+    copy = storage.child(PREPARED_COPIES).child(prepared.name)
+    manifest = (prepared / MANIFEST).read_text()
+    if copy.exists(MANIFEST) and copy.read_text(MANIFEST) == manifest:
+        return copy.uri
+    log.info("copying the prepared dataset %s to %s", prepared, copy.uri)
+    copy.upload(prepared / SHARDS, SHARDS)
+    copy.write_atomic(MANIFEST, manifest.encode())
+    return copy.uri
+
+
+def unfinished_run(storage: Storage, name: str) -> str:
+    """The latest run of spec `name` in `storage` that has no leaderboard yet."""
+    pattern = re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}")
+    runs = [run for run in storage.listdir() if pattern.fullmatch(run)]
+    unfinished = [run for run in runs if not storage.exists(f"{run}/{LEADERBOARD}.csv")]
+    if not unfinished:
+        listed = ", ".join(runs[-3:]) or "none"
+        raise UserError(f"no unfinished run of '{name}' in {storage.uri} (its runs: {listed})")
+    return unfinished[-1]
+
+
+def read_run_record(run: Storage) -> dict:
+    if not run.exists(RUN_RECORD):
+        raise UserError(f"{run.uri} is not a run folder of this project (no {RUN_RECORD})")
+    return json.loads(run.read_text(RUN_RECORD))
+
+
+def warn_if_storage_is_node_local(storage: Storage) -> None:
+    if not storage.remote and sum(node["Alive"] for node in ray.nodes()) > 1:
+        log.warning(
+            "storage %s is a local folder but the cluster has several nodes: every node must see it "
+            "at the same path (NFS); otherwise use --storage s3://... or gs://...",
+            storage.uri,
+        )
+
+
+def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None) -> tuple[Path, Any]:
+    """Run the spec's grid, or finish the unfinished trials of run `resume` (a run folder's name in
+    the spec's storage); return the local folder holding the run's leaderboard, and its frame."""
+    storage = Storage(spec.storage)
     preflight(spec)
-    prepared = prepared_dataset(spec)
-    run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(spec.storage) / run_name
+    if storage.remote:  # fail in seconds, not after preparing the data
+        storage.check_writable()
+    if resume:
+        run_name = resume
+        record = read_run_record(storage.child(run_name))
+        prepared = Path(record["prepared"])
+        shared = record["shared_prepared"]
+    else:
+        prepared = prepared_dataset(spec)
+        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        shared = shared_prepared(storage, prepared)
+        record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "shared_prepared": shared}
+        record["ray"] = ray.__version__
+    run = storage.child(run_name)
+    storage.check_writable()
+    if not resume:  # written first: it is what --resume reads
+        run.write_atomic(RUN_RECORD, json.dumps(record, indent=2).encode())
+    local_dir = staging_dir(run_name) if run.remote else Path(run.uri)
+    manifest = json.loads(Storage(shared).read_text(MANIFEST))
     if not ray.is_initialized():
         ray.init(address=address, configure_logging=False)
     check_gpus(spec, local=address is None)
+    warn_if_storage_is_node_local(storage)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, prepared=str(prepared), run_dir=str(run_dir)),
+        tune.with_parameters(run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri),
         {"cpu": 0, "memory": DRIVER_MEMORY},
     )
-    scheduler = scheduler_for(spec)
-    tuner = tune.Tuner(
+    if resume:
+        tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=False)
+        log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
+    else:
+        tuner = new_tuner(spec, trainable, run_name)
+        log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
+    results = tuner.fit()
+    try:
+        frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
+        if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
+            prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
+        frame = evaluate_top_trials(frame, spec, prepared, local_dir)
+        publish(frame, spec, local_dir, run)
+    except StorageError as err:
+        kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
+        raise StorageError(
+            f"{err}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
+            f"works again, rebuild the leaderboard with: python -m orchestrator.sweep --resume {run.uri}"
+        ) from None
+    return local_dir, frame
+
+
+def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
+    return tune.Tuner(
         trainable,
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.scheduler.metric,
             mode=spec.scheduler.resolved_mode,
-            scheduler=scheduler,
+            scheduler=scheduler_for(spec),
             max_concurrent_trials=concurrent_trials(spec),
             trial_dirname_creator=_trial_dirname,
         ),
-        run_config=tune.RunConfig(name=run_name, storage_path=spec.storage, verbose=1),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=spec.storage,
+            verbose=1,
+            # a trial whose driver died with its node starts again, from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+        ),
     )
-    log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run_dir)
-    results = tuner.fit()
-    stopped = getattr(scheduler, "stopped_early", set())
-    frame = leaderboard.build(results, spec, run_dir / CHECKPOINTS, stopped)
-    record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "ray": ray.__version__}
-    (run_dir / "run.json").write_text(json.dumps(record, indent=2))  # what this run was, to reproduce it
-    frame = evaluate_top_trials(frame, spec, prepared, run_dir)
-    leaderboard.write(frame, run_dir)
+
+
+def publish(frame: Any, spec: Spec, local_dir: Path, run: Storage) -> None:
+    """Write the leaderboards (the cross-validation one first: `leaderboard.csv` marks a finished
+    run) and, for remote storage, upload what the driver wrote, leaderboards last."""
+    out = Storage(str(local_dir))
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, spec.scheduler.metric, spec.scheduler.resolved_mode)
-        leaderboard.write(cv, run_dir, "leaderboard-cv")
-    return run_dir, frame
+        leaderboard.write(cv, out, f"{LEADERBOARD}-cv")
+    leaderboard.write(frame, out, LEADERBOARD)
+    if run.remote:
+        files = sorted(local_dir.rglob("*"), key=lambda path: (path.name.startswith(LEADERBOARD), str(path)))
+        for path in (path for path in files if path.is_file()):
+            run.upload(path, path.relative_to(local_dir).as_posix())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,24 +291,54 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a spec key, e.g. --set train.epochs=3 --set 'search.lr=[1e-3,3e-4]' (repeatable)",
     )
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="RUN",
+        help="finish an interrupted run: SPEC's latest unfinished run, or the run folder/URI RUN",
+    )
     args = parser.parse_args(argv)
-    spec = load_spec(args.spec, args.set)
-    if args.storage:
-        spec = spec.model_copy(update={"storage": str(Path(args.storage).resolve())})
-    run_dir, frame = run_sweep(spec, args.address)
+    if args.resume:
+        spec, resume = resumed_run(args)
+    else:
+        spec, resume = load_spec(args.spec, args.set), None
+        if args.storage:
+            spec = spec.model_copy(update={"storage": normalise(args.storage, Path.cwd())})
+    run_dir, frame = run_sweep(spec, args.address, resume)
     metric = spec.scheduler.metric
-    print(f"\nLeaderboard ({metric}, best first) - full table: {run_dir / 'leaderboard.md'}\n")
+    where = f"{spec.storage}/{run_dir.name}"
+    print(f"\nLeaderboard ({metric}, best first) - full table: {where}/{LEADERBOARD}.md\n")
     print(leaderboard.to_markdown(leaderboard.summary(frame, metric)))
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
         print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
         print(leaderboard.to_markdown(cv))
-    print(f"TensorBoard: tensorboard --logdir {run_dir}")
+    print(f"TensorBoard: tensorboard --logdir {where}")
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):
         print("every trial failed; see the 'error' column of the leaderboard")
         return 1
     return 0
+
+
+def resumed_run(args: argparse.Namespace) -> tuple[Spec, str]:
+    """The spec a run was started with (from its run.json) and the run's name in its storage."""
+    if args.set:
+        raise UserError("--set cannot change a run being resumed; start a new run instead")
+    if args.resume is True:
+        if args.spec is None:
+            raise UserError("--resume needs the spec (SPEC --resume) or the run folder (--resume RUN)")
+        given = load_spec(args.spec)
+        storage = normalise(args.storage, Path.cwd()) if args.storage else given.storage
+        name = unfinished_run(Storage(storage), given.name)
+    else:
+        if args.resume.endswith((".yaml", ".yml")):
+            raise UserError(f"--resume takes a run folder; for {args.resume}'s latest run: SPEC --resume")
+        storage, _, name = normalise(args.resume, Path.cwd()).rpartition("/")
+    record = read_run_record(Storage(storage).child(name))
+    spec = Spec.model_validate({**record["spec"], "storage": storage})
+    return spec, name
 
 
 if __name__ == "__main__":

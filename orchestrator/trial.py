@@ -6,7 +6,6 @@ per-epoch reports to Tune, so ASHA sees every epoch and can stop the trial.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray.tune
@@ -16,7 +15,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Spec
 from orchestrator.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
-from orchestrator.prepare import read_manifest
 from trainables.backbones import input_config, timm_name
 from trainables.train_loop import train_loop_per_worker
 
@@ -53,8 +51,8 @@ def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[st
     }
 
 
-def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -> None:
-    manifest = read_manifest(Path(prepared))
+def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: dict, run_uri: str) -> None:
+    """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach."""
     loop_config = worker_config(spec, config, manifest)
     datasets = build_datasets(
         prepared,
@@ -64,6 +62,7 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -
         balance=spec.data.balance,
         seed=spec.train.seed,
         test_fold=spec.data.test_fold,
+        manifest=manifest,
     )
     resources = spec.resources
     per_worker = {"CPU": resources.cpus_per_worker}
@@ -81,7 +80,7 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, run_dir: str) -
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=ray.tune.get_context().get_trial_id(),
-            storage_path=str(Path(run_dir) / CHECKPOINTS),
+            storage_path=f"{run_uri}/{CHECKPOINTS}",
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,6 +50,25 @@ def small_prepared(tmp_path_factory, small_source) -> Path:
     return out
 
 
+def pids_with(marker: bytes) -> set[int]:
+    """Processes whose command line contains `marker` (Linux /proc)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
+                pids.add(int(entry.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
@@ -53,3 +77,72 @@ def ray_local():
     ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def without_local_ray():
+    """For a test that starts Ray clusters of its own: the session's instance is shut down while it
+    runs (two clusters on two CPUs starve each other), and started again after it."""
+    import ray
+
+    was_running = ray.is_initialized()
+    ray.shutdown()
+    yield
+    ray.shutdown()
+    if was_running:
+        ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
+
+
+@dataclass
+class S3Server:
+    """A real S3 API (moto's server) on loopback; `env` points AWS clients at it."""
+
+    url: str
+    env: dict[str, str]
+
+    def create_bucket(self, name: str) -> str:
+        import boto3
+
+        boto3.client("s3", endpoint_url=self.url, **_credentials(self.env)).create_bucket(Bucket=name)
+        return name
+
+
+def _credentials(env: dict[str, str]) -> dict[str, str]:
+    return {
+        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+        "region_name": env["AWS_DEFAULT_REGION"],
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto's S3 server did not start"
+            time.sleep(0.2)
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    yield S3Server(env["AWS_ENDPOINT_URL"], env)
+    server.terminate()
+    server.wait(timeout=10)

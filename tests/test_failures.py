@@ -11,28 +11,16 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import copy_subset
+from tests.conftest import copy_subset, pids_with
 
 pytestmark = pytest.mark.slow
-
-
-def train_worker_pids() -> list[int]:
-    """Processes whose title names a Ray Train worker (Linux /proc)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"RayTrainWorker" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            continue  # the process ended while we looked
-    return pids
 
 
 def kill_worker_after_first_checkpoint(storage: Path, killed: list[int], timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if any(storage.glob("*/checkpoints/*/checkpoint_*/meta.json")):
-            for pid in train_worker_pids():
+            for pid in pids_with(b"RayTrainWorker"):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
             return

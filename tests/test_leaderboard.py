@@ -2,7 +2,8 @@ import json
 
 import pandas as pd
 
-from orchestrator.leaderboard import best_checkpoint, to_markdown
+from orchestrator.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
+from orchestrator.storage import Storage
 
 
 def test_markdown_table_escapes_pipes_and_blanks_nan():
@@ -19,9 +20,12 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
         ("checkpoint_b", 0.9, 0.6),
         ("checkpoint_c", float("nan"), 0.5),
     ):
-        (tmp_path / name).mkdir()
+        (tmp_path / "trial1" / name).mkdir(parents=True)
         metrics = {"val_auc": auc, "val_loss": loss}
-        (tmp_path / name / "meta.json").write_text(json.dumps({"metrics": metrics}))
-    assert best_checkpoint(tmp_path, "val_auc", "max")[0].endswith("checkpoint_b")
-    assert best_checkpoint(tmp_path, "val_loss", "min")[0].endswith("checkpoint_a")
-    assert best_checkpoint(tmp_path / "none", "val_auc", "max") is None
+        (tmp_path / "trial1" / name / "meta.json").write_text(json.dumps({"metrics": metrics}))
+    (tmp_path / "trial1" / "checkpoint_d").mkdir()  # being written: no meta.json yet
+    kept = checkpoint_metas(Storage(str(tmp_path)))
+    assert list(kept) == ["trial1"] and len(kept["trial1"]) == 3
+    assert best_checkpoint(kept["trial1"], "val_auc", "max")[0] == str(tmp_path / "trial1" / "checkpoint_b")
+    assert best_checkpoint(kept["trial1"], "val_loss", "min")[0].endswith("checkpoint_a")
+    assert best_checkpoint([], "val_auc", "max") is None

@@ -1,0 +1,114 @@
+"""The driver killed mid-sweep: `sweep SPEC --resume` finishes the unfinished trial from its last
+checkpoint, leaves the finished one alone, and the leaderboard is complete."""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, copy_subset, write_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_cli(*args: str, log: Path) -> subprocess.Popen:
+    """`python -m orchestrator.sweep ARGS` in a process group of its own (with the Ray instance it
+    starts), so that the whole group can be killed like a crashed machine."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=ROOT,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def checkpointed_epochs(run_dir: Path) -> dict[str, list[int]]:
+    """Per trial, the epochs of the checkpoints it has kept."""
+    found: dict[str, list[int]] = {}
+    for meta in run_dir.glob("checkpoints/*/checkpoint_*/meta.json"):
+        epoch = json.loads(meta.read_text())["metrics"]["epoch"]
+        found.setdefault(meta.parent.parent.name, []).append(epoch)
+    return {trial: sorted(epochs) for trial, epochs in found.items()}
+
+
+def reported_epochs(run_dir: Path, trial: str) -> list[int]:
+    lines = (run_dir / trial / "result.json").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines]
+
+
+def kill_session(session: int) -> int:
+    """SIGKILL every process of a session at once, like a crashed machine: the driver and the Ray
+    instance it started (Ray's actors have process groups of their own, not sessions)."""
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed
+
+
+def test_killed_driver_resumes_unfinished_trials_only(tmp_path, without_local_ray):
+    storage = tmp_path / "runs"
+    spec = write_yaml(
+        tmp_path / "resume.yaml",
+        {
+            "name": "resume",
+            "data": {
+                "source": str(copy_subset(tmp_path / "source", per_class=24)),
+                "folds": 3,
+                "image_size": 64,
+                "cache": str(tmp_path / "prepared"),
+            },
+            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 3e-4], "batch_size": 16},
+            "train": {"epochs": 3, "weights": "package"},
+            "scheduler": {"type": "fifo"},
+            "resources": {"max_concurrent_trials": 1},
+            "storage": str(storage),
+        },
+    )
+    driver = sweep_cli(str(spec), log=tmp_path / "first.log")
+    deadline = time.monotonic() + 400
+    while len(kept := checkpointed_epochs(run_dir := next(storage.glob("resume-*"), tmp_path))) < 2:
+        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the second trial never reached a checkpoint"
+        time.sleep(0.2)
+    assert kill_session(driver.pid) > 3  # the driver, GCS, raylet, workers ...
+    driver.wait()
+
+    assert (run_dir / "run.json").exists() and not (run_dir / "leaderboard.csv").exists()
+    finished = next(trial for trial, epochs in kept.items() if epochs[-1] == 3)
+    (unfinished,) = set(kept) - {finished}
+    done_before_kill = max(kept[unfinished])
+    finished_results = (run_dir / finished / "result.json").read_text()
+    reported_before_kill = reported_epochs(run_dir, unfinished)
+
+    resumed = sweep_cli(str(spec), "--resume", log=tmp_path / "resume.log")
+    assert resumed.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+
+    frame = pd.read_csv(run_dir / "leaderboard.csv")
+    assert len(frame) == 2 and set(frame["status"]) == {"completed"}, frame.to_dict("records")
+    assert set(frame["epochs_run"]) == {3}
+    assert (run_dir / finished / "result.json").read_text() == finished_results  # not run again
+    reported = reported_epochs(run_dir, unfinished)
+    after_resume = (
+        reported[len(reported_before_kill) :]
+        if reported[: len(reported_before_kill)] == (reported_before_kill)
+        else reported
+    )
+    # the unfinished trial went on from its last checkpoint: no finished epoch was trained again
+    assert after_resume and min(after_resume) == done_before_kill + 1, (reported_before_kill, reported)
+    assert sorted(set(reported_before_kill) | set(after_resume)) == [1, 2, 3]
+    print(
+        f"killed with trial {unfinished} at epoch {done_before_kill + 1} in flight "
+        f"(checkpoint of epoch {done_before_kill} kept); resumed epochs {after_resume}; "
+        f"trial {finished} (finished) untouched; leaderboard rows {len(frame)}"
+    )

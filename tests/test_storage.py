@@ -1,0 +1,121 @@
+"""Storage: local folders and S3 (a real S3 API on loopback), atomic writes, clear errors."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator import leaderboard
+from orchestrator.errors import UserError
+from orchestrator.storage import Storage, StorageError, local_copy, normalise
+from tests.conftest import ROOT, free_port
+
+
+def test_storage_forms(tmp_path):
+    assert normalise("runs", tmp_path) == str(tmp_path / "runs")
+    assert normalise(f"file://{tmp_path}/runs/", Path("/elsewhere")) == str(tmp_path / "runs")
+    assert normalise("s3://bucket/runs/", tmp_path) == "s3://bucket/runs"
+    assert normalise("gs://bucket/runs", tmp_path) == "gs://bucket/runs"
+    with pytest.raises(UserError, match="unknown scheme 'hdfs://'"):
+        normalise("hdfs://namenode/runs", tmp_path)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB filesystem (tmpfs), to fill up for real."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_leaves_the_leaderboard_whole(tiny_disk):
+    out = Storage(str(tiny_disk))
+    small = pd.DataFrame({"trial_id": ["a", "b"], "best_val_auc": [0.9, 0.8]})
+    leaderboard.write(small, out)
+    before = (tiny_disk / "leaderboard.csv").read_bytes()
+    with contextlib.suppress(OSError), (tiny_disk / "filler").open("wb") as filler:
+        while True:  # fill the disk to the last block
+            filler.write(b"\0" * 4096)
+            filler.flush()
+    (tiny_disk / "filler").write_bytes((tiny_disk / "filler").read_bytes()[:-8192])  # leave 8 KiB
+    large = pd.DataFrame({"trial_id": [f"trial-{i}" for i in range(2000)], "best_val_auc": 0.5})
+    with pytest.raises(StorageError, match="no space left on the device"):
+        leaderboard.write(large, out)
+    assert (tiny_disk / "leaderboard.csv").read_bytes() == before  # the old one, whole
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler", "leaderboard.csv", "leaderboard.md"]
+
+
+def test_s3_storage_round_trip(s3_server, monkeypatch, tmp_path):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.create_bucket("round-trip")
+    runs = Storage(f"s3://{bucket}/runs")
+    runs.check_writable()
+    assert runs.listdir() == []  # the write check leaves nothing behind
+    folder = tmp_path / "checkpoint_000001"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "meta.json").write_text('{"metrics": {"epoch": 1}}')
+    (folder / "sub" / "model.safetensors").write_bytes(b"\1" * 1000)
+    runs.upload(folder, "run-1/checkpoints/t1/checkpoint_000001")
+    runs.write_atomic("run-1/leaderboard.csv", b"rank,trial_id\n1,t1\n")
+    assert runs.listdir() == ["run-1"]
+    assert runs.child("run-1").files() == [
+        "checkpoints/t1/checkpoint_000001/meta.json",
+        "checkpoints/t1/checkpoint_000001/sub/model.safetensors",
+        "leaderboard.csv",
+    ]
+    assert runs.read_text("run-1/leaderboard.csv").endswith("1,t1\n")
+    copy = local_copy(f"s3://{bucket}/runs/run-1/checkpoints/t1/checkpoint_000001", tmp_path / "cache")
+    assert (copy / "sub" / "model.safetensors").read_bytes() == b"\1" * 1000
+    assert copy == tmp_path / "cache" / bucket / "runs/run-1/checkpoints/t1/checkpoint_000001"
+    kept = leaderboard.checkpoint_metas(runs.child("run-1").child("checkpoints"))
+    assert kept == {"t1": [(f"s3://{bucket}/runs/run-1/checkpoints/t1/checkpoint_000001", {"epoch": 1})]}
+
+
+def test_missing_bucket_and_unreachable_s3_are_named(s3_server, monkeypatch):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(
+        StorageError, match="cannot write s3://no-such-bucket/runs/.*(NO_SUCH_BUCKET|does not exist)"
+    ):
+        Storage("s3://no-such-bucket/runs").check_writable()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="cannot write s3://bucket/runs/.*connect"):
+        Storage("s3://bucket/runs").check_writable()
+    assert time.monotonic() - start < 30
+
+
+def test_sweep_stops_before_any_work_when_storage_is_unreachable(s3_server, tmp_path):
+    env = {**s3_server.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.sweep",
+            "--storage",
+            "s3://bucket/runs",
+            "--set",
+            "data.cache=" + str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write s3://bucket/runs/") and "connect" in last
+    assert list(tmp_path.iterdir()) == []  # nothing prepared, no Ray started
