@@ -19,6 +19,7 @@ from orchestrator.clinical import Targets
 from orchestrator.config import Spec
 from orchestrator.evaluate import Options, evaluate_checkpoint
 from orchestrator.prepare import MANIFEST, read_manifest
+from orchestrator.storage import local_copy, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir
     for position, (index, row) in enumerate(tested.iterrows()):
         validation = f"{prepared}@{int(row['val_fold'])}"
         data = [validation, *tests] if position == 0 else tests
+        checkpoint = local_copy(row["checkpoint"], staging_dir("checkpoints"))  # from remote storage
         summary, scored = evaluate_checkpoint(
-            Path(row["checkpoint"]), data, validation, options_for(spec), spec.data.cache
+            checkpoint, data, validation, options_for(spec), spec.data.cache
         )
         frame.loc[index, "test_threshold"] = summary["threshold"]
         for number, test in enumerate(tests, start=1):

@@ -100,19 +100,20 @@ class S3Server:
     url: str
     env: dict[str, str]
 
-    def create_bucket(self, name: str) -> str:
+    def client(self):
         import boto3
 
-        boto3.client("s3", endpoint_url=self.url, **_credentials(self.env)).create_bucket(Bucket=name)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
         return name
-
-
-def _credentials(env: dict[str, str]) -> dict[str, str]:
-    return {
-        "aws_access_key_id": env["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
-        "region_name": env["AWS_DEFAULT_REGION"],
-    }
 
 
 def free_port() -> int:

@@ -163,7 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     np.random.seed(config["seed"] + rank)
 
     trainer = Trainer(config, context.get_world_size())
-    start_epoch = _resume(trainer)
+    start_epoch = trainer.resumed_after_epoch = _resume(trainer)
     dtypes = {"image": torch.uint8, "label": torch.int64}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -203,6 +203,7 @@ def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         meta = {key: trainer.config[key] for key in META_KEYS}
+        meta["resumed_after_epoch"] = trainer.resumed_after_epoch  # 0: trained from the start
         meta["metrics"] = metrics
         meta["threshold"] = metrics["val_threshold"]  # the decision threshold picked on validation data
         save_checkpoint(Path(folder), _unwrap(trainer.model), meta)

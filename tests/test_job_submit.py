@@ -1,0 +1,126 @@
+"""The cluster path without a cloud: `ray start --head`, then `ray job submit` of the default
+experiment, as the README shows; the job server takes only requests carrying the cluster's token."""
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+
+RAY = str(Path(sys.executable).parent / "ray")
+# the default experiment, shortened: 2 trials (both backbones) of 1 epoch
+SHORTER = ["--set", "train.epochs=1", "--set", "search.lr=[1.0e-3]", "--set", "search.optimizer=[adam]"]
+
+
+def session_pids(session: int) -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
+                pids.add(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def ray_head(tmp_path, without_local_ray):
+    """A Ray head started with `ray start` in a session of its own, with token authentication and
+    a token file of its own; stopped by killing that session's processes only (`ray stop` would
+    stop every Ray instance on the machine)."""
+    temp = Path(tempfile.mkdtemp(prefix="rayhead", dir="/tmp"))  # short: Ray's socket paths
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}:{env['PATH']}",  # the job's `python` is this environment's
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN_PATH=str(token),
+    )
+    dashboard = free_port()
+    start = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}", "--num-cpus=2"]
+        + [f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output, _ = start.communicate(timeout=120)
+    assert start.returncode == 0, output[-3000:]
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        for pid in session_pids(start.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while session_pids(start.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not session_pids(start.pid), "processes of the Ray head are still running"
+
+
+def job(address: str, env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RAY, "job", *args, "--address", address],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_default_experiment_submitted_as_a_ray_job(ray_head, tmp_path):
+    address, env = ray_head
+    storage = tmp_path / "runs"
+    excludes = json.dumps({"excludes": [".git", ".devcarry", ".venv"]})  # beside .gitignore's
+
+    refused = job(address, {**env, "RAY_AUTH_TOKEN": "not-the-token"}, "list")
+    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr  # no token, no access
+
+    submitted = job(
+        address,
+        env,
+        "submit",
+        "--submission-id=default-sweep",
+        "--working-dir=.",
+        f"--runtime-env-json={excludes}",
+        "--no-wait",
+        "--",
+        "python",
+        "-m",
+        "orchestrator.sweep",
+        *SHORTER,
+        "--storage",
+        str(storage),
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    deadline = time.monotonic() + 600
+    while True:
+        status = job(address, env, "status", "default-sweep").stdout
+        if any(word in status for word in ("SUCCEEDED", "FAILED", "STOPPED")) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    logs = job(address, env, "logs", "default-sweep").stdout
+    assert "SUCCEEDED" in status, status + logs[-4000:]
+
+    (run_dir,) = storage.glob("default-*")
+    frame = pd.read_csv(run_dir / "leaderboard.csv")
+    assert sorted(frame["backbone"]) == ["efficientnet_lite0", "mobilenetv2"]
+    assert frame["best_val_auc"].notna().all()
+    assert "Leaderboard (val_auc, best first)" in logs
+    assert (run_dir / "run.json").exists() and list(
+        run_dir.glob("checkpoints/*/checkpoint_*/model.safetensors")
+    )

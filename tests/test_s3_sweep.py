@@ -1,0 +1,85 @@
+"""A sweep whose storage is S3 (a real S3 API on loopback: moto's server): everything it writes
+lands in the bucket, nothing in the working directory, and a finished run can be resumed from its
+URI to rebuild its leaderboard."""
+
+import io
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import copy_subset, write_yaml
+
+pytestmark = pytest.mark.slow
+
+
+def test_sweep_writes_everything_to_s3(s3_server, tmp_path, without_local_ray):
+    bucket = s3_server.create_bucket("sweeps")
+    spec = write_yaml(
+        tmp_path / "s3.yaml",
+        {
+            "name": "s3",
+            "data": {
+                "source": str(copy_subset(tmp_path / "source", per_class=24)),
+                "folds": 4,
+                "test_fold": 3,
+                "image_size": 64,
+                "cache": str(tmp_path / "prepared"),
+            },
+            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 3e-4], "batch_size": 16},
+            "train": {"epochs": 2, "weights": "package"},
+            "scheduler": {"type": "fifo"},
+            "evaluation": {"top": 1, "bootstrap": 20},
+            "storage": "runs",  # overridden by --storage: nothing may land here
+        },
+    )
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    env = {**os.environ, **s3_server.env}
+    storage = f"s3://{bucket}/team/runs"
+
+    def sweep(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "orchestrator.sweep", *args]
+        return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+
+    done = sweep(str(spec), "--storage", storage)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"full table: {storage}/s3-" in done.stdout
+
+    client = s3_server.client()
+    keys = [
+        obj["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for obj in page.get("Contents", [])
+    ]
+    (run,) = {key.split("/")[2] for key in keys if key.startswith("team/runs/s3-")}
+    files = {key.removeprefix(f"team/runs/{run}/") for key in keys if key.startswith(f"team/runs/{run}/")}
+    for name in ("run.json", "leaderboard.csv", "leaderboard.md", "report/report.html", "report/roc.png"):
+        assert name in files, sorted(files)
+    assert any(name.startswith("test-results/events.out.tfevents") for name in files)
+    trials = {name.split("/")[0] for name in files if name.endswith("/result.json")}
+    assert len(trials) == 2
+    for trial in trials:  # curves for TensorBoard and checkpoints, per trial
+        assert any(name.startswith(f"{trial}/events.out.tfevents") for name in files)
+        assert any(
+            name.startswith(f"checkpoints/{trial}/checkpoint_") and name.endswith("model.safetensors")
+            for name in files
+        )
+    assert any(
+        key.startswith("team/runs/prepared/") and key.endswith("manifest.json") for key in keys
+    )  # read by every node
+    assert list(workdir.iterdir()) == []  # nothing written locally
+
+    body = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")["Body"].read()
+    frame = pd.read_csv(io.BytesIO(body))
+    assert len(frame) == 2 and set(frame["status"]) == {"completed"}
+    assert frame["checkpoint"].str.startswith(f"{storage}/{run}/checkpoints/").all()
+    assert frame["test_roc_auc"].notna().sum() == 1  # the best trial, on the test fold
+
+    client.delete_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")
+    rebuilt = sweep("--resume", f"{storage}/{run}")  # all trials finished: only the leaderboard again
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    body = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")["Body"].read()
+    assert len(pd.read_csv(io.BytesIO(body))) == 2
