@@ -31,7 +31,7 @@ class Strict(BaseModel):
 
 class DataSpec(Strict):
     source: Path | None = Field(None, description="raw folder-per-class images, prepared on first use")
-    prepared: Path | None = Field(None, description="a dataset made by orchestrator.prepare")
+    prepared: str | None = Field(None, description="a dataset made by orchestrator.prepare (folder or URI)")
     layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
     malignant: list[str] | None = Field(
         None, description="diagnoses called malignant (default: the source's rule)"
@@ -284,9 +284,11 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
     data = spec.data
     updates = {
         key: (base / value).resolve()
-        for key, value in (("source", data.source), ("prepared", data.prepared), ("cache", data.cache))
+        for key, value in (("source", data.source), ("cache", data.cache))
         if value is not None
     }
+    if data.prepared is not None:
+        updates["prepared"] = normalise(data.prepared, base)
     storage = normalise(spec.storage, base)
 
     def weights(source: str) -> str:  # workers do not share the driver's working directory

@@ -100,10 +100,14 @@ class Storage:
 
     def files(self, relative: str = "") -> list[str]:
         """Paths (relative to `relative`) of every file below it, in one listing."""
+        return sorted(self.sizes(relative))
+
+    def sizes(self, relative: str = "") -> dict[str, int]:
+        """Size of every file below `relative`, by path relative to it, in one listing."""
         base = self._path(relative)
         selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
         infos = self._call("list", relative, self.fs.get_file_info, selector)
-        return sorted(info.path[len(base) + 1 :] for info in infos if info.type == pafs.FileType.File)
+        return {info.path[len(base) + 1 :]: info.size for info in infos if info.type == pafs.FileType.File}
 
     def upload(self, local: Path, relative: str = "") -> None:
         """Copy a local file or folder (recursively) here, each file written atomically."""

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from orchestrator.config import Spec, load_spec
 from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.sources import read_source
-from orchestrator.storage import Storage, StorageError, local_copy, normalise, staging_dir
+from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, staging_dir
 from orchestrator.top_trials import evaluate_top_trials
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone, check_weights
@@ -73,16 +74,18 @@ def preflight(spec: Spec) -> None:
 
 
 def prepared_dataset(spec: Spec) -> Path:
-    """The prepared dataset: the spec's own, or `source` prepared once into the cache."""
+    """The prepared dataset, as a local folder: the spec's own (a copy in the cache if it is remote),
+    or `source` prepared once into the cache."""
     data = spec.data
     if data.prepared is not None:
-        manifest = read_manifest(data.prepared)
+        local = local_prepared(data.prepared, data.cache)
+        manifest = read_manifest(local)
         if manifest["folds"] != data.folds:
             raise UserError(
                 f"{data.prepared} was prepared with {manifest['folds']} folds, the spec asks for "
                 f"{data.folds}; set data.folds: {manifest['folds']} or prepare again"
             )
-        return data.prepared
+        return local
     size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
     out = data.cache / f"{data.source.name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
     if (out / "manifest.json").exists():
@@ -90,6 +93,23 @@ def prepared_dataset(spec: Spec) -> Path:
         return out
     prepare(data.source, out, size, data.folds, data.seed, layout=data.layout, malignant=data.malignant_set)
     return out
+
+
+def local_prepared(location: str, cache: Path) -> Path:
+    """A prepared dataset's folder: `location` itself, or for a URI a copy in `cache/remote/`,
+    downloaded again when the remote manifest differs from the copy's."""
+    if not is_remote(location):
+        return Path(location)
+    remote = Storage(location)
+    if not remote.exists(MANIFEST):
+        raise UserError(f"{location} is not a prepared dataset (no {MANIFEST})")
+    copy = cache / "remote" / location.split("://", 1)[1]
+    manifest = remote.read_text(MANIFEST)
+    if not (copy / MANIFEST).is_file() or (copy / MANIFEST).read_text() != manifest:
+        log.info("downloading the prepared dataset %s to %s", location, copy)
+        shutil.rmtree(copy, ignore_errors=True)
+        remote.download("", copy)
+    return copy
 
 
 def _fingerprint(spec: Spec) -> str:
@@ -203,7 +223,8 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
     else:
         prepared = prepared_dataset(spec)
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        shared = shared_prepared(storage, prepared)
+        given = spec.data.prepared
+        shared = given if given and is_remote(given) else shared_prepared(storage, prepared)
         record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "shared_prepared": shared}
         record["ray"] = ray.__version__
     run = storage.child(run_name)

@@ -53,7 +53,9 @@ def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[st
 
 def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: dict, run_uri: str) -> None:
     """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach."""
+    trial_id = ray.tune.get_context().get_trial_id()
     loop_config = worker_config(spec, config, manifest)
+    loop_config["checkpoints"] = f"{run_uri}/{CHECKPOINTS}/{trial_id}"  # where a restart looks for one
     datasets = build_datasets(
         prepared,
         val_fold=config["val_fold"],
@@ -79,7 +81,7 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: dict,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
-            name=ray.tune.get_context().get_trial_id(),
+            name=trial_id,
             storage_path=f"{run_uri}/{CHECKPOINTS}",
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=spec.train.max_failures),

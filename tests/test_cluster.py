@@ -90,6 +90,11 @@ def test_node_removed_mid_sweep_its_trials_resume_elsewhere(tmp_path, without_lo
     assert "removed" in seen, "no node was removed"
     assert len(frame) == 4 and set(frame["status"]) == {"completed"}, frame.to_dict("records")
     assert set(frame["epochs_run"]) == {3}
+    resumed_after = {}
+    for meta in run_dir.glob("checkpoints/*/checkpoint_*/meta.json"):
+        trial, after = meta.parent.parent.name, json.loads(meta.read_text())["resumed_after_epoch"]
+        resumed_after[trial] = max(after, resumed_after.get(trial, 0))
+    assert max(resumed_after.values()) >= 1  # the removed node's trial went on from its checkpoint
     repeated = 0
     for trial in frame["trial_id"]:
         epochs = [
@@ -100,6 +105,7 @@ def test_node_removed_mid_sweep_its_trials_resume_elsewhere(tmp_path, without_lo
     assert repeated <= 2  # at most the epoch in flight of each trial on the removed node
     print(
         f"Train workers ran on {len(seen['nodes'])} nodes; removed node {seen['removed'][:8]} "
-        f"with {len(seen['checkpoints_before'])} checkpoints in storage; epochs run twice: {repeated}; "
+        f"with {len(seen['checkpoints_before'])} checkpoints in storage; resumed after epochs "
+        f"{resumed_after}; epochs reported twice: {repeated}; "
         f"leaderboard rows: {len(frame)}"
     )

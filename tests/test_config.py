@@ -147,3 +147,26 @@ def test_test_fold_is_kept_out_of_validation():
     assert spec.data.val_folds == [0, 1, 2, 3]
     assert "test_fold" in error_of(spec_with(data={"source": "a", "val_fold": [0, 1], "test_fold": 1}))
     assert "test_fold" in error_of(spec_with(data={"source": "a", "folds": 3, "test_fold": 3}))
+
+
+def test_every_committed_experiment_is_a_valid_spec():
+    for path in sorted((PROJECT_ROOT / "experiments").glob("*.yaml")):
+        assert load_spec(path).grid(), path
+    paper = load_spec(PROJECT_ROOT / "experiments" / "paper.yaml")
+    assert len(paper.grid()) == 5 * 3 * 3 * 3
+    study = {"resnet50", "mobilenet", "inception_v3", "densenet169", "inception_resnet_v2"}
+    assert set(paper.backbones()) == study
+
+
+def test_prepared_data_and_storage_may_be_uris(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s\ndata: {prepared: 's3://bucket/prepared/isic-224/'}\nsearch: {backbone: a, lr: 0.1}\n"
+        "train: {epochs: 1}\nstorage: gs://bucket/runs\n"
+    )
+    spec = load_spec(path)
+    assert spec.data.prepared == "s3://bucket/prepared/isic-224"
+    assert spec.storage == "gs://bucket/runs"
+    path.write_text(path.read_text().replace("s3://", "ftp://"))
+    with pytest.raises(UserError, match="unknown scheme 'ftp://'"):
+        load_spec(path)

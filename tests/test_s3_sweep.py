@@ -15,7 +15,15 @@ from tests.conftest import copy_subset, write_yaml
 pytestmark = pytest.mark.slow
 
 
-def test_sweep_writes_everything_to_s3(s3_server, tmp_path, without_local_ray):
+def scalar_tags(logdir: str) -> list[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(logdir)
+    accumulator.Reload()
+    return accumulator.Tags()["scalars"]
+
+
+def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without_local_ray):
     bucket = s3_server.create_bucket("sweeps")
     spec = write_yaml(
         tmp_path / "s3.yaml",
@@ -77,6 +85,10 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, without_local_ray):
     assert len(frame) == 2 and set(frame["status"]) == {"completed"}
     assert frame["checkpoint"].str.startswith(f"{storage}/{run}/checkpoints/").all()
     assert frame["test_roc_auc"].notna().sum() == 1  # the best trial, on the test fold
+
+    for key, value in s3_server.env.items():  # TensorBoard reads the curves from the bucket
+        monkeypatch.setenv(key, value)
+    assert "ray/tune/val_auc" in scalar_tags(f"s3://{bucket}/team/runs/{run}/{sorted(trials)[0]}")
 
     client.delete_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")
     rebuilt = sweep("--resume", f"{storage}/{run}")  # all trials finished: only the leaderboard again

@@ -119,3 +119,47 @@ def test_sweep_stops_before_any_work_when_storage_is_unreachable(s3_server, tmp_
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot write s3://bucket/runs/") and "connect" in last
     assert list(tmp_path.iterdir()) == []  # nothing prepared, no Ray started
+
+
+def test_newest_complete_checkpoint_skips_one_cut_short(tmp_path):
+    import torch
+
+    from trainables.checkpoint import newest_complete, save_checkpoint
+
+    model = torch.nn.Linear(4, 2)
+    for epoch in (1, 2, 3):
+        folder = tmp_path / f"checkpoint_{epoch}"
+        folder.mkdir()
+        torch.save({"optimizer": {}}, folder / "training_state.pt")
+        save_checkpoint(folder, model, {"metrics": {"epoch": epoch}})
+    weights = tmp_path / "checkpoint_3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # the copy of epoch 3 was cut short
+    (tmp_path / "checkpoint_4").mkdir()
+    (tmp_path / "checkpoint_4" / "meta.json").write_text('{"metrics": {"epo')  # so was epoch 4's meta
+    assert newest_complete(str(tmp_path)) == (2, str(tmp_path / "checkpoint_2"))
+    assert newest_complete(str(tmp_path / "nothing-here")) is None
+
+
+def test_prepared_dataset_from_s3_is_downloaded_once(s3_server, monkeypatch, tmp_path, small_prepared):
+    from orchestrator.sweep import local_prepared
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.create_bucket("datasets")
+    remote = Storage(f"s3://{bucket}/prepared/small")
+    remote.upload(small_prepared)
+    copy = local_prepared(remote.uri, tmp_path / "cache")
+    assert copy == tmp_path / "cache" / "remote" / bucket / "prepared" / "small"
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == sorted(
+        p.relative_to(small_prepared) for p in small_prepared.rglob("*")
+    )
+    shard = next(copy.glob("shards/*.parquet"))
+    stamp = shard.stat().st_mtime_ns
+    assert local_prepared(remote.uri, tmp_path / "cache") == copy and shard.stat().st_mtime_ns == stamp
+    remote.write_atomic(
+        "manifest.json", remote.read_text("manifest.json").replace("{", '{"changed": 1, ', 1).encode()
+    )
+    local_prepared(remote.uri, tmp_path / "cache")  # the remote dataset changed: fetched again
+    assert '"changed": 1' in (copy / "manifest.json").read_text()
+    with pytest.raises(UserError, match="is not a prepared dataset"):
+        local_prepared(f"s3://{bucket}/prepared/none", tmp_path / "cache")

@@ -1,5 +1,6 @@
 """A checkpoint is a folder: `model.safetensors` plus `meta.json`, which holds everything needed
-to rebuild the model (backbone, classes, input size, normalisation) and the metrics it scored."""
+to rebuild the model (backbone, classes, input size, normalisation), the metrics it scored, and the
+size of every file in the folder (a copy cut short is recognised as incomplete)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,42 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from orchestrator.errors import UserError
+from orchestrator.storage import Storage, StorageError
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
 
 
 def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write the weights, then `meta.json` with the sizes of every file already in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE))
-    (folder / META_FILE).write_text(json.dumps(meta, indent=2))
+    files = {path.name: path.stat().st_size for path in folder.iterdir() if path.name != META_FILE}
+    (folder / META_FILE).write_text(json.dumps({**meta, "files": files}, indent=2))
+
+
+def newest_complete(location: str) -> tuple[int, str] | None:
+    """(epoch, location) of the newest checkpoint folder under `location` (a path or a URI) whose
+    files are all there at the sizes its meta.json records; None if there is none."""
+    storage = Storage(location)
+    try:
+        sizes = storage.sizes()
+    except StorageError:
+        return None
+    newest = None
+    for path in sizes:
+        folder, _, name = path.partition("/")
+        if name != META_FILE:
+            continue
+        try:
+            meta = json.loads(storage.read_text(path))
+            epoch, files = int(meta["metrics"]["epoch"]), meta["files"]
+        except (StorageError, ValueError, KeyError, TypeError):
+            continue  # cut short, or from an older version
+        if all(sizes.get(f"{folder}/{file}") == size for file, size in files.items()):
+            newest = max(newest or (epoch, ""), (epoch, storage.uri_of(folder)))
+    return newest
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

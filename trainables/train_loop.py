@@ -8,6 +8,7 @@ precision and the device-side normalisation in `precision.py`.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.backbones import create_backbone
-from trainables.checkpoint import read_meta, read_weights, save_checkpoint
+from trainables.checkpoint import META_FILE, newest_complete, read_meta, read_weights, save_checkpoint
 from trainables.finetune import param_groups, set_backbone_frozen, set_learning_rates, train_mode
 from trainables.metrics import binary_metrics, log_loss, youden_threshold
 from trainables.optimizers import build_optimizer
@@ -206,14 +207,20 @@ def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
         meta["resumed_after_epoch"] = trainer.resumed_after_epoch  # 0: trained from the start
         meta["metrics"] = metrics
         meta["threshold"] = metrics["val_threshold"]  # the decision threshold picked on validation data
-        save_checkpoint(Path(folder), _unwrap(trainer.model), meta)
         torch.save(trainer.state(), Path(folder) / STATE_FILE)
+        save_checkpoint(Path(folder), _unwrap(trainer.model), meta)  # meta.json records both files
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _resume(trainer: Trainer) -> int:
-    """Load the latest checkpoint after a restart; return the epoch to start from."""
+    """Load the latest checkpoint after a restart; return the epoch to start from. Ray Train hands
+    back the last checkpoint it registered; one that reached the storage but was not registered yet
+    (the node died in between) is newer, and is taken when it is complete."""
     checkpoint = ray.train.get_checkpoint()
+    registered = _epoch_of(checkpoint) if checkpoint is not None else 0
+    stored = newest_complete(trainer.config["checkpoints"]) if trainer.config.get("checkpoints") else None
+    if stored is not None and stored[0] > registered:
+        checkpoint = ray.train.Checkpoint(stored[1])
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
@@ -222,3 +229,9 @@ def _resume(trainer: Trainer) -> int:
         epoch = int(read_meta(Path(folder))["metrics"]["epoch"])
     log.info("resumed from checkpoint after epoch %d", epoch)
     return epoch
+
+
+def _epoch_of(checkpoint: ray.train.Checkpoint) -> int:
+    """The epoch a checkpoint was taken after, from its meta.json alone (no download)."""
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{META_FILE}") as stream:
+        return int(json.loads(stream.read())["metrics"]["epoch"])
