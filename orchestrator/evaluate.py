@@ -36,6 +36,7 @@ from orchestrator.clinical import (
 from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.presets import Preprocess
+from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import load_checkpoint
 from trainables.precision import Normalize
 from trainables.train_loop import predict, validation_metrics
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.evaluate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint folder (model.safetensors + meta.json)")
+    parser.add_argument("checkpoint", help="a checkpoint folder (model.safetensors + meta.json), or its URI")
     parser.add_argument("data", nargs="+", help="PREPARED, PREPARED@FOLD or a raw image folder")
     parser.add_argument("--threshold-from", metavar="VAL_DATA", help="choose the threshold on this data")
     parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default="youden")
@@ -224,10 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         args.bootstrap,
         args.seed,
     )
-    summary, scored = evaluate_checkpoint(
-        args.checkpoint, args.data, args.threshold_from, options, args.cache
-    )
-    out = args.out or Path("reports") / f"{Path(args.checkpoint).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    checkpoint = local_copy(args.checkpoint, staging_dir("checkpoints"))  # s3://... downloaded once
+    summary, scored = evaluate_checkpoint(checkpoint, args.data, args.threshold_from, options, args.cache)
+    out = args.out or Path("reports") / f"{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     html = write_report(out, summary, scored)
     print(f"report: {html}")
     print((out / "report.md").read_text())

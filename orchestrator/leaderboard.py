@@ -31,13 +31,17 @@ CV_METRICS = ["val_auc", "val_recall_at_threshold", "val_specificity_at_threshol
 
 
 def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
-    """Each trial's kept checkpoints, as (location, metrics) read from their meta.json."""
+    """Each trial's kept checkpoints, as (location, metrics) read from their meta.json; a checkpoint
+    whose files are not all there at the sizes its meta.json records (a copy cut short) is left out."""
+    sizes = checkpoints.sizes()
     found: dict[str, list[tuple[str, dict]]] = {}
-    for path in checkpoints.files():
+    for path in sizes:
         trial, folder, name = ([*path.split("/"), "", ""])[:3]
         if folder.startswith("checkpoint_") and name == "meta.json" and path.count("/") == 2:
-            metrics = json.loads(checkpoints.read_text(path))["metrics"]
-            found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), metrics))
+            meta = json.loads(checkpoints.read_text(path))
+            files = meta.get("files", {})
+            if all(sizes.get(f"{trial}/{folder}/{file}") == size for file, size in files.items()):
+                found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), meta["metrics"]))
     return found
 
 

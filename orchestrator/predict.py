@@ -22,6 +22,7 @@ from orchestrator.evaluate import FlipRotateAverage
 from orchestrator.prepare import try_load
 from orchestrator.presets import Preprocess
 from orchestrator.sources import IMAGE_SUFFIXES
+from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import load_checkpoint
 from trainables.precision import Normalize
 
@@ -84,14 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.predict", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", help="a checkpoint folder, or its s3:// / gs:// URI")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     args = parser.parse_args(argv)
     paths = image_paths(args.images)
-    results, failures, meta = predict_paths(args.checkpoint, paths, args.tta)
+    checkpoint = local_copy(args.checkpoint, staging_dir("checkpoints"))
+    results, failures, meta = predict_paths(checkpoint, paths, args.tta)
     threshold = args.threshold if args.threshold is not None else float(meta.get("threshold", 0.5))
     positive = meta["classes"][-1]
     with args.out.open("w", newline="") as handle:

@@ -17,6 +17,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -228,14 +229,16 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "shared_prepared": shared}
         record["ray"] = ray.__version__
     run = storage.child(run_name)
-    storage.check_writable()
+    if not storage.remote:
+        storage.check_writable()
     if not resume:  # written first: it is what --resume reads
         run.write_atomic(RUN_RECORD, json.dumps(record, indent=2).encode())
     local_dir = staging_dir(run_name) if run.remote else Path(run.uri)
     manifest = json.loads(Storage(shared).read_text(MANIFEST))
+    joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
     if not ray.is_initialized():
         ray.init(address=address, configure_logging=False)
-    check_gpus(spec, local=address is None)
+    check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri),

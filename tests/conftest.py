@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,11 @@ class S3Server:
 
     url: str
     env: dict[str, str]
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
 
     def client(self):
         import boto3
@@ -122,10 +129,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server():
+@contextmanager
+def running_s3_server() -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port, stopped on exit (or by `server.stop()`)."""
     port = free_port()
-    server = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -136,7 +144,7 @@ def s3_server():
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
         except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, "moto's S3 server did not start"
+            assert process.poll() is None and time.monotonic() < deadline, "moto's S3 server did not start"
             time.sleep(0.2)
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
@@ -144,6 +152,14 @@ def s3_server():
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    yield S3Server(env["AWS_ENDPOINT_URL"], env)
-    server.terminate()
-    server.wait(timeout=10)
+    try:
+        yield S3Server(env["AWS_ENDPOINT_URL"], env, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    with running_s3_server() as server:
+        yield server

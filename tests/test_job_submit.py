@@ -50,7 +50,7 @@ def ray_head(tmp_path, without_local_ray):
     dashboard = free_port()
     start = subprocess.Popen(
         [RAY, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard}", "--num-cpus=2"]
-        + [f"--temp-dir={temp}", "--disable-usage-stats"],
+        + [f"--temp-dir={temp}", "--node-ip-address=127.0.0.1", "--disable-usage-stats"],
         env=env,
         start_new_session=True,
         stdout=subprocess.PIPE,

@@ -6,11 +6,12 @@ import io
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_subset, write_yaml
+from tests.conftest import copy_subset, running_s3_server, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +96,41 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
     body = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")["Body"].read()
     assert len(pd.read_csv(io.BytesIO(body))) == 2
+
+
+def test_storage_gone_mid_sweep_ends_with_a_clear_error(tmp_path, without_local_ray):
+    spec = write_yaml(
+        tmp_path / "vanishing.yaml",
+        {
+            "name": "vanishing",
+            "data": {
+                "source": str(copy_subset(tmp_path / "source", per_class=24)),
+                "folds": 3,
+                "image_size": 64,
+                "cache": str(tmp_path / "prepared"),
+            },
+            "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
+            "train": {"epochs": 4, "weights": "package", "max_failures": 1},
+            "scheduler": {"type": "fifo"},
+        },
+    )
+    log = tmp_path / "sweep.log"
+    with running_s3_server() as s3:
+        bucket = s3.create_bucket("vanishing")
+        command = [sys.executable, "-m", "orchestrator.sweep", str(spec), "--storage", f"s3://{bucket}/runs"]
+        sweep = subprocess.Popen(
+            command, env={**os.environ, **s3.env}, stdout=log.open("w"), stderr=subprocess.STDOUT
+        )
+        client, deadline = s3.client(), time.monotonic() + 300
+        while not any(
+            key.endswith("meta.json") and "/checkpoints/" in key
+            for key in (obj["Key"] for obj in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+        ):
+            assert sweep.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        s3.stop()  # the storage goes away after the first epoch's checkpoint
+        code = sweep.wait(timeout=600)
+    output = log.read_text()
+    error = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert code == 2 and error, output[-3000:]
+    assert f"s3://{bucket}/runs/vanishing-" in error[-1] and "--resume" in error[-1]

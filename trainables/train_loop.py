@@ -164,7 +164,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     np.random.seed(config["seed"] + rank)
 
     trainer = Trainer(config, context.get_world_size())
-    start_epoch = trainer.resumed_after_epoch = _resume(trainer)
+    start_epoch, unreported = _resume(trainer)
+    trainer.resumed_after_epoch = start_epoch
+    if unreported is not None:  # its worker died before Ray Train took the report: report it now
+        _report(unreported, trainer, rank)
     dtypes = {"image": torch.uint8, "label": torch.int64}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
@@ -205,6 +208,7 @@ def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         meta = {key: trainer.config[key] for key in META_KEYS}
         meta["resumed_after_epoch"] = trainer.resumed_after_epoch  # 0: trained from the start
+        meta["node_id"] = ray.get_runtime_context().get_node_id()  # the Ray node that trained it
         meta["metrics"] = metrics
         meta["threshold"] = metrics["val_threshold"]  # the decision threshold picked on validation data
         torch.save(trainer.state(), Path(folder) / STATE_FILE)
@@ -212,23 +216,25 @@ def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _resume(trainer: Trainer) -> int:
-    """Load the latest checkpoint after a restart; return the epoch to start from. Ray Train hands
-    back the last checkpoint it registered; one that reached the storage but was not registered yet
-    (the node died in between) is newer, and is taken when it is complete."""
+def _resume(trainer: Trainer) -> tuple[int, dict | None]:
+    """Load the latest checkpoint after a restart; return the epoch to start from, and the metrics
+    of the checkpoint when they never reached Ray Train. Ray Train hands back the last checkpoint
+    it registered; one that reached the storage but was not registered (the worker or its node died
+    in between) is newer, and is taken when it is complete."""
     checkpoint = ray.train.get_checkpoint()
     registered = _epoch_of(checkpoint) if checkpoint is not None else 0
     stored = newest_complete(trainer.config["checkpoints"]) if trainer.config.get("checkpoints") else None
-    if stored is not None and stored[0] > registered:
+    unregistered = stored is not None and stored[0] > registered
+    if unregistered:
         checkpoint = ray.train.Checkpoint(stored[1])
     if checkpoint is None:
-        return 0
+        return 0, None
     with checkpoint.as_directory() as folder:
         _unwrap(trainer.model).load_state_dict(read_weights(Path(folder)))
         trainer.load_state(torch.load(Path(folder) / STATE_FILE, weights_only=True))
-        epoch = int(read_meta(Path(folder))["metrics"]["epoch"])
-    log.info("resumed from checkpoint after epoch %d", epoch)
-    return epoch
+        metrics = read_meta(Path(folder))["metrics"]
+    log.info("resumed from checkpoint after epoch %d", metrics["epoch"])
+    return int(metrics["epoch"]), (metrics if unregistered else None)
 
 
 def _epoch_of(checkpoint: ray.train.Checkpoint) -> int:
