@@ -52,6 +52,27 @@ def small_prepared(tmp_path_factory, small_source) -> Path:
     return out
 
 
+def tiny_spec(root: Path, name: str, per_class: int = 24, **sections: dict) -> dict:
+    """The raw spec of the end-to-end tests: EfficientNet-Lite0 (packaged ImageNet weights) on
+    `per_class` real images of each class at 64 px, 3 folds, FIFO; `sections` update its sections."""
+    spec: dict = {
+        "name": name,
+        "data": {
+            "source": str(copy_subset(root / "source", per_class=per_class)),
+            "folds": 3,
+            "image_size": 64,
+            "cache": str(root / "prepared"),
+        },
+        "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
+        "train": {"epochs": 3, "weights": "package"},
+        "scheduler": {"type": "fifo"},
+        "storage": str(root / "runs"),
+    }
+    for section, values in sections.items():
+        spec[section] = {**spec.get(section, {}), **values}
+    return spec
+
+
 def pids_with(marker: bytes) -> set[int]:
     """Processes whose command line contains `marker` (Linux /proc)."""
     pids = set()

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import copy_subset
+from tests.conftest import tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -60,19 +60,12 @@ def test_node_removed_mid_sweep_its_trials_resume_elsewhere(tmp_path, without_lo
         cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE)
     storage = tmp_path / "runs"
     spec = parse_spec(
-        {
-            "name": "nodes",
-            "data": {
-                "source": str(copy_subset(tmp_path / "source", per_class=24)),
-                "folds": 3,
-                "image_size": 64,
-                "cache": str(tmp_path / "prepared"),
-            },
-            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 3e-4], "optimizer": ["adam", "sgd"]},
-            "train": {"epochs": 3, "weights": "package", "max_failures": 3},
-            "scheduler": {"type": "fifo"},
-            "storage": str(storage),
-        }
+        tiny_spec(
+            tmp_path,
+            "nodes",
+            search={"lr": [1e-3, 3e-4], "optimizer": ["adam", "sgd"], "batch_size": 32},
+            train={"max_failures": 3},
+        )
     )
     seen: dict = {}
     try:

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import copy_subset, pids_with
+from tests.conftest import pids_with, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -29,21 +29,7 @@ def kill_worker_after_first_checkpoint(storage: Path, killed: list[int], timeout
 
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
     storage = tmp_path / "runs"
-    spec = parse_spec(
-        {
-            "name": "kill",
-            "data": {
-                "source": str(copy_subset(tmp_path / "source", per_class=24)),
-                "folds": 3,
-                "image_size": 64,
-                "cache": str(tmp_path / "prepared"),
-            },
-            "search": {"backbone": "tf_efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
-            "train": {"epochs": 4, "weights": "package", "max_failures": 2},
-            "scheduler": {"type": "fifo"},
-            "storage": str(storage),
-        }
-    )
+    spec = parse_spec(tiny_spec(tmp_path, "kill", train={"epochs": 4, "max_failures": 2}))
     killed: list[int] = []
     killer = threading.Thread(target=kill_worker_after_first_checkpoint, args=(storage, killed))
     killer.start()

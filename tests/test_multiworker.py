@@ -6,27 +6,22 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import copy_subset
+from tests.conftest import tiny_spec
 
 pytestmark = pytest.mark.slow
 
 
 def test_two_workers_train_one_trial(ray_local, tmp_path):
     spec = parse_spec(
-        {
-            "name": "ddp",
-            "data": {
-                "source": str(copy_subset(tmp_path / "source", per_class=12)),
-                "folds": 3,
-                "image_size": 32,
-                "cache": str(tmp_path / "prepared"),
-            },
-            "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 8},
-            "train": {"epochs": 2, "weights": "package", "freeze_epochs": 1},
-            "scheduler": {"type": "fifo"},
-            "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.5},
-            "storage": str(tmp_path / "runs"),
-        }
+        tiny_spec(
+            tmp_path,
+            "ddp",
+            per_class=12,
+            data={"image_size": 32},
+            search={"batch_size": 8},
+            train={"epochs": 2, "freeze_epochs": 1},
+            resources={"workers_per_trial": 2, "cpus_per_worker": 0.5},
+        )
     )
     run_dir, frame = run_sweep(spec)
     row = frame.iloc[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, copy_subset, write_yaml
+from tests.conftest import ROOT, tiny_spec, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -62,20 +62,7 @@ def test_killed_driver_resumes_unfinished_trials_only(tmp_path, without_local_ra
     storage = tmp_path / "runs"
     spec = write_yaml(
         tmp_path / "resume.yaml",
-        {
-            "name": "resume",
-            "data": {
-                "source": str(copy_subset(tmp_path / "source", per_class=24)),
-                "folds": 3,
-                "image_size": 64,
-                "cache": str(tmp_path / "prepared"),
-            },
-            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 3e-4], "batch_size": 16},
-            "train": {"epochs": 3, "weights": "package"},
-            "scheduler": {"type": "fifo"},
-            "resources": {"max_concurrent_trials": 1},
-            "storage": str(storage),
-        },
+        tiny_spec(tmp_path, "resume", search={"lr": [1e-3, 3e-4]}, resources={"max_concurrent_trials": 1}),
     )
     driver = sweep_cli(str(spec), log=tmp_path / "first.log")
     deadline = time.monotonic() + 400

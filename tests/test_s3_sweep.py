@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_subset, running_s3_server, write_yaml
+from tests.conftest import running_s3_server, tiny_spec, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -28,21 +28,15 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     bucket = s3_server.create_bucket("sweeps")
     spec = write_yaml(
         tmp_path / "s3.yaml",
-        {
-            "name": "s3",
-            "data": {
-                "source": str(copy_subset(tmp_path / "source", per_class=24)),
-                "folds": 4,
-                "test_fold": 3,
-                "image_size": 64,
-                "cache": str(tmp_path / "prepared"),
-            },
-            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 3e-4], "batch_size": 16},
-            "train": {"epochs": 2, "weights": "package"},
-            "scheduler": {"type": "fifo"},
-            "evaluation": {"top": 1, "bootstrap": 20},
-            "storage": "runs",  # overridden by --storage: nothing may land here
-        },
+        tiny_spec(
+            tmp_path,
+            "s3",
+            data={"folds": 4, "test_fold": 3},
+            search={"lr": [1e-3, 3e-4]},
+            train={"epochs": 2},
+            evaluation={"top": 1, "bootstrap": 20},
+        )
+        | {"storage": "runs"},  # overridden by --storage: nothing may land here
     )
     workdir = tmp_path / "cwd"
     workdir.mkdir()
@@ -100,19 +94,7 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
 
 def test_storage_gone_mid_sweep_ends_with_a_clear_error(tmp_path, without_local_ray):
     spec = write_yaml(
-        tmp_path / "vanishing.yaml",
-        {
-            "name": "vanishing",
-            "data": {
-                "source": str(copy_subset(tmp_path / "source", per_class=24)),
-                "folds": 3,
-                "image_size": 64,
-                "cache": str(tmp_path / "prepared"),
-            },
-            "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
-            "train": {"epochs": 4, "weights": "package", "max_failures": 1},
-            "scheduler": {"type": "fifo"},
-        },
+        tmp_path / "vanishing.yaml", tiny_spec(tmp_path, "vanishing", train={"epochs": 4, "max_failures": 1})
     )
     log = tmp_path / "sweep.log"
     with running_s3_server() as s3:
