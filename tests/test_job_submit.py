@@ -10,6 +10,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -71,9 +73,22 @@ def ray_head(tmp_path, without_local_ray):
         assert not session_pids(start.pid), "processes of the Ray head are still running"
 
 
-def job(address: str, env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def get(url: str, bearer: str | None) -> tuple[int, bytes]:
+    """The HTTP status and body the job server answers with (`bearer`: the token sent, if any)."""
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+
+
+def job(
+    address: str, env: dict, command: str, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess:
+    """`ray job COMMAND --address ADDRESS ARGS...`"""
     return subprocess.run(
-        [RAY, "job", *args, "--address", address],
+        [RAY, "job", command, "--address", address, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -87,8 +102,11 @@ def test_default_experiment_submitted_as_a_ray_job(ray_head, tmp_path):
     storage = tmp_path / "runs"
     excludes = json.dumps({"excludes": [".git", ".devcarry", ".venv"]})  # beside .gitignore's
 
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text()
+    codes = [get(f"{address}/api/jobs/", bearer)[0] for bearer in (None, "not-the-token", token)]
+    assert codes == [401, 403, 200]  # no token, a wrong one, the cluster's
     refused = job(address, {**env, "RAY_AUTH_TOKEN": "not-the-token"}, "list")
-    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr  # no token, no access
+    assert refused.returncode != 0 and "Invalid authentication token" in refused.stderr
 
     submitted = job(
         address,
@@ -108,19 +126,19 @@ def test_default_experiment_submitted_as_a_ray_job(ray_head, tmp_path):
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     deadline = time.monotonic() + 600
-    while True:
-        status = job(address, env, "status", "default-sweep").stdout
-        if any(word in status for word in ("SUCCEEDED", "FAILED", "STOPPED")) or time.monotonic() > deadline:
-            break
+    while (status := json.loads(get(f"{address}/api/jobs/default-sweep", token)[1])["status"]) in (
+        "PENDING",
+        "RUNNING",
+    ):
+        assert time.monotonic() < deadline, "the job did not finish in 10 minutes"
         time.sleep(2)
     logs = job(address, env, "logs", "default-sweep").stdout
-    assert "SUCCEEDED" in status, status + logs[-4000:]
+    assert status == "SUCCEEDED", logs[-4000:]
 
     (run_dir,) = storage.glob("default-*")
     frame = pd.read_csv(run_dir / "leaderboard.csv")
     assert sorted(frame["backbone"]) == ["efficientnet_lite0", "mobilenetv2"]
     assert frame["best_val_auc"].notna().all()
     assert "Leaderboard (val_auc, best first)" in logs
-    assert (run_dir / "run.json").exists() and list(
-        run_dir.glob("checkpoints/*/checkpoint_*/model.safetensors")
-    )
+    assert (run_dir / "run.json").exists()
+    assert list(run_dir.glob("checkpoints/*/checkpoint_*/model.safetensors"))
