@@ -53,7 +53,7 @@ class Storage:
             else:
                 self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri))
         except (OSError, ValueError) as err:
-            raise StorageError(f"storage {uri}: {_reason(err)}") from None
+            raise StorageError(f"storage {uri}: {reason(err)}") from None
 
     @property
     def remote(self) -> bool:
@@ -141,7 +141,7 @@ class Storage:
         try:
             return function(*args, **kwargs)
         except OSError as err:
-            raise StorageError(f"cannot {action} {self.uri_of(relative)}: {_reason(err)}") from None
+            raise StorageError(f"cannot {action} {self.uri_of(relative)}: {reason(err)}") from None
 
 
 def _replace_local(target: Path, data: bytes) -> None:
@@ -158,7 +158,8 @@ def _replace_local(target: Path, data: bytes) -> None:
         raise
 
 
-def _reason(err: BaseException) -> str:
+def reason(err: BaseException) -> str:
+    """One line saying why a storage operation failed."""
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return "no space left on the device; free some space or choose another --storage"
     text = " ".join(str(err).split())

@@ -34,6 +34,7 @@ from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.sources import read_source
 from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, staging_dir
+from orchestrator.storage import reason as storage_reason
 from orchestrator.top_trials import evaluate_top_trials
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone, check_weights
@@ -244,24 +245,25 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         tune.with_parameters(run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri),
         {"cpu": 0, "memory": DRIVER_MEMORY},
     )
-    if resume:
-        tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=False)
-        log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
-    else:
-        tuner = new_tuner(spec, trainable, run_name)
-        log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
-    results = tuner.fit()
     try:
+        if resume:
+            tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
+            log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
+        else:
+            tuner = new_tuner(spec, trainable, run_name)
+            log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
+        results = tuner.fit()
         frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
         if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
             prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
         frame = evaluate_top_trials(frame, spec, prepared, local_dir)
         publish(frame, spec, local_dir, run)
-    except StorageError as err:
+    except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
+        reason = err if isinstance(err, StorageError) else f"the storage failed: {storage_reason(err)}"
         kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
         raise StorageError(
-            f"{err}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
-            f"works again, rebuild the leaderboard with: python -m orchestrator.sweep --resume {run.uri}"
+            f"{reason}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
+            f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
     return local_dir, frame
 
