@@ -20,18 +20,18 @@ from orchestrator.errors import UserError
 REMOTE_SCHEMES = ("s3://", "gs://", "gcs://")
 
 
-def normalise(storage: str, base: Path) -> str:
-    """A storage as Ray takes it: URIs kept, `file://` and relative paths made absolute paths."""
-    if storage.startswith("file://"):
-        return str(Path(storage[len("file://") :]).resolve())
-    if "://" in storage:
-        if not storage.startswith(REMOTE_SCHEMES):
-            scheme = storage.split("://")[0]
+def normalise(location: str, base: Path) -> str:
+    """A location as Ray takes it: URIs kept, `file://` and relative paths made absolute paths."""
+    if location.startswith("file://"):
+        return str(Path(location[len("file://") :]).resolve())
+    if "://" in location:
+        if not location.startswith(REMOTE_SCHEMES):
+            scheme = location.split("://")[0]
             raise UserError(
-                f"storage {storage!r}: unknown scheme '{scheme}://'; use a path, s3://, gs:// or file://"
+                f"{location!r}: unknown scheme '{scheme}://'; use a path, s3://, gs:// or file://"
             )
-        return storage.rstrip("/")
-    return str((base / Path(storage).expanduser()).resolve())
+        return location.rstrip("/")
+    return str((base / Path(location).expanduser()).resolve())
 
 
 def is_remote(storage: str) -> bool:
@@ -110,12 +110,14 @@ class Storage:
         return {info.path[len(base) + 1 :]: info.size for info in infos if info.type == pafs.FileType.File}
 
     def upload(self, local: Path, relative: str = "") -> None:
-        """Copy a local file or folder (recursively) here, each file written atomically."""
-        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
-        for path in files:
-            inner = path.name if path == local else path.relative_to(local).as_posix()
-            name = f"{relative}/{inner}" if relative and path != local else (relative or inner)
-            self.write_atomic(name, path.read_bytes())
+        """Copy a local file to `relative`, or a local folder (recursively) into it; each file is
+        written atomically."""
+        if local.is_file():
+            self.write_atomic(relative or local.name, local.read_bytes())
+            return
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            inner = path.relative_to(local).as_posix()
+            self.write_atomic(f"{relative}/{inner}" if relative else inner, path.read_bytes())
 
     def download(self, relative: str, local: Path) -> Path:
         """Copy the folder `relative` (recursively) to `local`; return `local`."""
