@@ -91,6 +91,7 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], world_size: int) -> None:
         self.config, self.world_size = config, world_size
+        self.resumed_after_epoch = 0  # the checkpoint's epoch when this run restarted from one
         self.device = ray.train.torch.get_device()
         if self.device.type == "cpu":
             torch.set_num_threads(config.get("threads", 1))  # Ray sets 1 thread per worker CPU
