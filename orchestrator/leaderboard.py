@@ -12,6 +12,7 @@ from ray.tune import ResultGrid
 from orchestrator.config import SEARCHABLE, Spec
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
+from trainables.checkpoint import is_complete
 
 REPORTED = [
     "val_auc",
@@ -39,8 +40,7 @@ def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
         trial, folder, name = ([*path.split("/"), "", ""])[:3]
         if folder.startswith("checkpoint_") and name == "meta.json" and path.count("/") == 2:
             meta = json.loads(checkpoints.read_text(path))
-            files = meta.get("files", {})
-            if all(sizes.get(f"{trial}/{folder}/{file}") == size for file, size in files.items()):
+            if is_complete(meta.get("files", {}), sizes, f"{trial}/{folder}"):
                 found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), meta["metrics"]))
     return found
 

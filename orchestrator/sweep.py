@@ -33,8 +33,7 @@ from orchestrator.config import Spec, load_spec
 from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.sources import read_source
-from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, staging_dir
-from orchestrator.storage import reason as storage_reason
+from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
 from orchestrator.top_trials import evaluate_top_trials
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone, check_weights
@@ -259,10 +258,10 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         frame = evaluate_top_trials(frame, spec, prepared, local_dir)
         publish(frame, spec, local_dir, run)
     except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
-        reason = err if isinstance(err, StorageError) else f"the storage failed: {storage_reason(err)}"
+        why = err if isinstance(err, StorageError) else f"the storage failed: {reason(err)}"
         kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
         raise StorageError(
-            f"{reason}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
+            f"{why}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
             f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
     return local_dir, frame

@@ -28,6 +28,12 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> Non
     (folder / META_FILE).write_text(json.dumps({**meta, "files": files}, indent=2))
 
 
+def is_complete(files: dict[str, int], sizes: dict[str, int], folder: str) -> bool:
+    """Whether every file a checkpoint's meta.json lists (`files`: name -> size) is in `sizes`
+    (path -> size, a storage listing) under `folder` at that size."""
+    return all(sizes.get(f"{folder}/{name}") == size for name, size in files.items())
+
+
 def newest_complete(location: str) -> tuple[int, str] | None:
     """(epoch, location) of the newest checkpoint folder under `location` (a path or a URI) whose
     files are all there at the sizes its meta.json records; None if there is none."""
@@ -46,7 +52,7 @@ def newest_complete(location: str) -> tuple[int, str] | None:
             epoch, files = int(meta["metrics"]["epoch"]), meta["files"]
         except (StorageError, ValueError, KeyError, TypeError):
             continue  # cut short, or from an older version
-        if all(sizes.get(f"{folder}/{file}") == size for file, size in files.items()):
+        if is_complete(files, sizes, folder):
             newest = max(newest or (epoch, ""), (epoch, storage.uri_of(folder)))
     return newest
 
