@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,30 +16,71 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UserError
+from orchestrator.sources import LAYOUTS, Source
 from orchestrator.storage import normalise
+from trainables.color import COLOR_METHODS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
 
 Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
 Metric = Literal["val_auc", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss"]
+Color = Literal[COLOR_METHODS]
 SEARCHABLE = ("backbone", "lr", "optimizer", "batch_size", "weight_decay")
+# the axes besides SEARCHABLE that tell two configurations apart (validation splits do not)
+CONFIGURATION_AXES = (*SEARCHABLE, "color")
+IN_SOURCE = ""  # val_source of a trial validated on a fold of every source
+NO_FOLD = -1  # val_fold of a trial validated on a held-out source
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SourceSpec(Strict):
+    """One image collection of a multi-source study."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="a short name, e.g. kaggle, isic2017")
+    path: Path
+    layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
+    malignant: list[str] | None = Field(
+        None, description="diagnoses called malignant (default: the source's rule)"
+    )
+    subfolder: str | None = Field(
+        None, description="only the images under this sub-folder of path, e.g. ISIC-2017_Training_Data"
+    )
+
+    @model_validator(mode="after")
+    def _known_layout(self) -> SourceSpec:
+        if self.layout not in LAYOUTS:
+            raise ValueError(
+                f"source '{self.name}': unknown layout '{self.layout}'; known: {', '.join(LAYOUTS)}"
+            )
+        return self
+
+    def source(self) -> Source:
+        malignant = frozenset(self.malignant) if self.malignant else None
+        return Source(self.name, self.path, self.layout, malignant, self.subfolder)
+
+
 class DataSpec(Strict):
-    source: Path | None = Field(None, description="raw folder-per-class images, prepared on first use")
+    source: Path | list[SourceSpec] | None = Field(
+        None, description="raw images (one folder, or a list of named sources), prepared on first use"
+    )
     prepared: str | None = Field(None, description="a dataset made by orchestrator.prepare (folder or URI)")
     layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
     malignant: list[str] | None = Field(
         None, description="diagnoses called malignant (default: the source's rule)"
     )
     folds: int = Field(5, ge=2)
-    val_fold: int | list[int] | Literal["all"] = Field(
+    val_fold: int | list[int] | Literal["all", "none"] = Field(
         0, description="the validation fold; a list or 'all' trains every configuration on each (k-fold CV)"
+    )
+    val_source: str | list[str] | None = Field(
+        None, description="hold out a whole source: its name, a list, or 'all' (leave-one-source-out)"
+    )
+    color: Color | list[Color] = Field(
+        "none", description="colour constancy: none or shades_of_gray (p = 6); a list makes it a grid axis"
     )
     test_fold: int | None = Field(
         None, ge=0, description="a fold no trial trains or validates on: the internal test set"
@@ -58,15 +100,62 @@ class DataSpec(Strict):
     def val_folds(self) -> list[int]:
         if self.val_fold == "all":
             return [fold for fold in range(self.folds) if fold != self.test_fold]
-        return as_list(self.val_fold)
+        return [] if self.val_fold == "none" else as_list(self.val_fold)
+
+    @property
+    def val_sources(self) -> list[str]:
+        """Held-out sources; 'all' is resolved against the dataset's sources (see `with_sources`)."""
+        return [] if self.val_source is None else as_list(self.val_source)
+
+    @property
+    def sources(self) -> list[Source]:
+        """The raw sources: a single folder is one source named after the folder."""
+        if isinstance(self.source, list):
+            return [entry.source() for entry in self.source]
+        if self.source is None:
+            return []
+        return [Source(self.source.name, self.source, self.layout, self.malignant_set)]
+
+    def splits(self) -> list[tuple[int, str]]:
+        """(val_fold, val_source) of every validation split: each fold of all sources, then each
+        held-out source."""
+        return [(fold, IN_SOURCE) for fold in self.val_folds] + [(NO_FOLD, s) for s in self.val_sources]
+
+    def with_sources(self, names: list[str]) -> DataSpec:
+        """This spec with `val_source: all` resolved to the dataset's source names, and checked."""
+        held = names if self.val_source == "all" else self.val_sources
+        unknown = sorted(set(held) - set(names))
+        if unknown:
+            raise UserError(
+                f"data.val_source names {', '.join(unknown)}; the dataset's sources: {', '.join(names)}"
+            )
+        if held and len(names) < 2:
+            raise UserError(f"data.val_source needs several sources; the dataset has one ({names[0]})")
+        return self.model_copy(update={"val_source": held or None})
 
     @model_validator(mode="after")
     def _one_location(self) -> DataSpec:
         if (self.source is None) == (self.prepared is None):
             raise ValueError("give exactly one of 'source' (raw images) or 'prepared'")
+        if isinstance(self.source, list):
+            names = [entry.name for entry in self.source]
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"the sources need distinct names (got {names})")
+            if self.val_source == "all":
+                self.val_source = names
+            if unknown := set(self.val_sources) - set(names):
+                raise ValueError(
+                    f"val_source names {', '.join(sorted(unknown))}; sources: {', '.join(names)}"
+                )
+        if self.val_source is not None and self.test_fold is not None:
+            raise ValueError(
+                "test_fold cannot be combined with val_source: a held-out source is its own test"
+            )
+        if self.val_fold == "none" and self.val_source is None:
+            raise ValueError("val_fold: none needs a val_source to validate on")
         bad = [fold for fold in self.val_folds if not 0 <= fold < self.folds]
-        if bad or not self.val_folds or len(set(self.val_folds)) != len(self.val_folds):
-            raise ValueError(f"val_fold must be distinct folds from 0 to {self.folds - 1}, or 'all'")
+        if bad or len(set(self.val_folds)) != len(self.val_folds):
+            raise ValueError(f"val_fold must be distinct folds from 0 to {self.folds - 1}, 'all' or 'none'")
         if self.test_fold is not None and (self.test_fold >= self.folds or self.test_fold in self.val_folds):
             raise ValueError(f"test_fold must be a fold below {self.folds} that is not a validation fold")
         return self
@@ -149,9 +238,10 @@ class EvaluationSpec(Strict):
     """After the sweep: the best trials, with a threshold chosen on each one's validation fold,
     tested on these datasets (kept out of training: a held-out or external set)."""
 
-    test: list[str] = Field(
+    test: list[str | SourceSpec] = Field(
         default_factory=list,
-        description="PREPARED, PREPARED@FOLD or raw image folders, tested after the sweep",
+        description="PREPARED, PREPARED@FOLD, raw image folders, or a source entry (name, path, "
+        "layout, subfolder) prepared against the training data; tested after the sweep",
     )
     top: int = Field(1, ge=1, description="how many of the best trials are tested")
     threshold: Literal["youden", "sensitivity"] = "youden"
@@ -181,13 +271,20 @@ class Spec(Strict):
         """Every searchable key with its values (a fixed value is a one-element list), and the
         validation fold, which is an axis of its own under k-fold cross-validation."""
         axes = {key: as_list(getattr(self.search, key)) for key in SEARCHABLE}
-        axes["val_fold"] = self.data.val_folds
+        axes["color"] = as_list(self.data.color)
+        if self.data.val_sources:
+            axes["validation"] = [split_label(*split) for split in self.data.splits()]
+        else:
+            axes["val_fold"] = self.data.val_folds
         return axes
 
     def grid(self) -> list[dict[str, Any]]:
-        """All trial configurations, in a stable order."""
+        """All trial configurations, in a stable order; each names its val_fold and val_source."""
         searched = self.searched()
-        return [dict(zip(searched, values, strict=True)) for values in itertools.product(*searched.values())]
+        grid = [dict(zip(searched, values, strict=True)) for values in itertools.product(*searched.values())]
+        for config in grid:
+            config.update(split_of(config))
+        return grid
 
     def backbones(self) -> list[str]:
         return as_list(self.search.backbone)
@@ -197,20 +294,45 @@ def as_list(value: Any) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+def split_label(val_fold: int, val_source: str) -> str:
+    """How a validation split reads on the leaderboard and in TensorBoard."""
+    return f"fold {val_fold}" if val_source == IN_SOURCE else f"held-out {val_source}"
+
+
+def split_of(config: dict[str, Any]) -> dict[str, Any]:
+    """{"val_fold", "val_source"} of a trial's configuration (searched over `val_fold`, or over
+    `validation` when sources are held out)."""
+    label = config.get("validation")
+    if label is None:
+        return {"val_fold": config["val_fold"], "val_source": config.get("val_source", IN_SOURCE)}
+    kind, _, value = label.partition(" ")
+    if kind == "fold":
+        return {"val_fold": int(value), "val_source": IN_SOURCE}
+    return {"val_fold": NO_FOLD, "val_source": value}
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model an annotation holds, directly or inside a list or a union."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for arg in typing.get_args(annotation) if (m := _model_in(arg))), None)
+
+
 def _location(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | None]:
     """Dotted key path for a pydantic error location, skipping union-member tags."""
     parts: list[str] = []
     current: type[BaseModel] | None = model
     for item in loc:
-        if isinstance(item, int) and parts:
-            parts[-1] += f"[{item}]"
-        elif current is not None:
+        if isinstance(item, int):
+            if parts:
+                parts[-1] += f"[{item}]"
+        elif current is not None and item in current.model_fields:
             parts.append(str(item))
-            field = current.model_fields.get(item)
-            annotation = field.annotation if field else None
-            is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            current = annotation if is_model else None
-        # anything after a non-model field is a union-member tag: skip it
+            current = _model_in(current.model_fields[item].annotation)
+        elif current is not None and not parts:
+            parts.append(str(item))
+            current = None
+        # anything else is a union-member tag (e.g. 'list[SourceSpec]'): skip it
     return ".".join(parts), current
 
 
@@ -282,11 +404,11 @@ def load_spec(path: str | Path | None = None, overrides: list[str] | tuple[str, 
 
 def resolve_paths(spec: Spec, base: Path) -> Spec:
     data = spec.data
-    updates = {
-        key: (base / value).resolve()
-        for key, value in (("source", data.source), ("cache", data.cache))
-        if value is not None
-    }
+    updates: dict[str, Any] = {"cache": (base / data.cache).resolve()}
+    if isinstance(data.source, list):
+        updates["source"] = [s.model_copy(update={"path": (base / s.path).resolve()}) for s in data.source]
+    elif data.source is not None:
+        updates["source"] = (base / data.source).resolve()
     if data.prepared is not None:
         updates["prepared"] = normalise(data.prepared, base)
     storage = normalise(spec.storage, base)
@@ -296,8 +418,10 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
             return "file:" + str((base / Path(source[len("file:") :]).expanduser()).resolve())
         return source
 
-    def dataset(text: str) -> str:  # PATH or PATH@FOLD
-        path, at, fold = text.partition("@")
+    def dataset(test: str | SourceSpec) -> str | SourceSpec:  # PATH, PATH@FOLD or a source entry
+        if isinstance(test, SourceSpec):
+            return test.model_copy(update={"path": (base / test.path).resolve()})
+        path, at, fold = test.partition("@")
         return str((base / path).resolve()) + at + fold
 
     given = spec.train.weights

@@ -4,8 +4,9 @@ chosen on validation data, pictures and a report to open in a browser.
     python -m orchestrator.evaluate CHECKPOINT DATA [DATA ...] [--threshold-from VAL_DATA] [--tta]
         [--threshold youden|sensitivity] [--target-sensitivity 0.9] [--bootstrap 1000] [--out DIR]
 
-DATA is a prepared dataset, `PREPARED@FOLD` for one of its folds, or raw images (a folder per
-class or an ISIC layout), prepared on the fly at the checkpoint's input size. Several DATA are
+DATA is a prepared dataset, `PREPARED@FOLD` for one of its folds, `PREPARED@SOURCE` for one of its
+sources, `PREPARED@FOLD,SOURCE` for both, or raw images (a folder per class or an ISIC layout),
+prepared on the fly at the checkpoint's input size. Several DATA are
 reported side by side (say, the internal validation fold and an external set). The threshold is
 chosen on VAL_DATA and applied unchanged to every DATA; without --threshold-from it is the one the
 checkpoint stored, chosen on its own validation fold.
@@ -55,11 +56,20 @@ class Scored:
 
 
 def fold_batches(
-    prepared: Path, fold: int | None, preprocess: Preprocess, batch_size: int = BATCH, ids: list | None = None
+    prepared: Path,
+    fold: int | None,
+    preprocess: Preprocess,
+    batch_size: int = BATCH,
+    ids: list | None = None,
+    source: str | None = None,
 ) -> Iterator[dict]:
-    """uint8 image batches of `prepared` (one fold, or all of it); image ids are appended to `ids`."""
+    """uint8 image batches of `prepared` (one fold and/or one source, or all of it); image ids are
+    appended to `ids`."""
     dataset = pads.dataset(Path(prepared) / SHARDS, format="parquet")
     where = pads.field("fold") == fold if fold is not None else None
+    if source is not None:
+        same_source = pads.field("source") == source
+        where = same_source if where is None else where & same_source
     scanner = dataset.scanner(columns=["image_id", "image", "label"], filter=where, batch_size=batch_size)
     for record_batch in scanner.to_batches():
         if record_batch.num_rows == 0:
@@ -69,6 +79,11 @@ def fold_batches(
             ids.extend(rows["image_id"])
         out = preprocess({"image": np.array(rows["image"], dtype=object), "label": np.array(rows["label"])})
         yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
+
+
+def preprocess_for(meta: dict) -> Preprocess:
+    """Evaluation preprocessing as the checkpoint was trained: its input size and colour method."""
+    return Preprocess(meta["image_size"], color=meta.get("color", "none"))
 
 
 class FlipRotateAverage(nn.Module):
@@ -85,45 +100,65 @@ class FlipRotateAverage(nn.Module):
         return probabilities.clamp_min(1e-12).log()
 
 
-def evaluate_fold(checkpoint: Path, prepared: Path, fold: int) -> dict[str, float]:
-    """Validation metrics of `checkpoint` on `fold` of `prepared`, exactly as the train loop reports them."""
+def evaluate_fold(
+    checkpoint: Path, prepared: Path, fold: int | None, source: str | None = None
+) -> dict[str, float]:
+    """Validation metrics of `checkpoint` on `fold` (or `source`) of `prepared`, exactly as the train
+    loop reports them."""
     model, meta = load_checkpoint(Path(checkpoint))
     normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
-    labels, scores = predict(model, fold_batches(prepared, fold, Preprocess(meta["image_size"])), normalize)
+    batches = fold_batches(prepared, fold, preprocess_for(meta), source=source)
+    labels, scores = predict(model, batches, normalize)
     return validation_metrics(labels, scores)
 
 
-def score(model: nn.Module, meta: dict, name: str, prepared: Path, fold: int | None, tta: bool) -> Scored:
+def score(
+    model: nn.Module,
+    meta: dict,
+    name: str,
+    prepared: Path,
+    fold: int | None,
+    tta: bool,
+    source: str | None = None,
+) -> Scored:
     normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
     ids: list[str] = []
-    batches = fold_batches(prepared, fold, Preprocess(meta["image_size"]), ids=ids)
+    batches = fold_batches(prepared, fold, preprocess_for(meta), ids=ids, source=source)
     labels, scores = predict(FlipRotateAverage(model) if tta else model, batches, normalize)
     if len(labels) == 0:
-        raise UserError(f"{name}: no images to evaluate" + (f" in fold {fold}" if fold is not None else ""))
+        raise UserError(f"{name}: no images to evaluate")
     return Scored(name, ids, labels, scores)
 
 
-def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None]:
-    """(display name, prepared folder, fold or None) for a DATA argument."""
-    path_text, _, fold_text = text.partition("@")
+def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None, str | None]:
+    """(display name, prepared folder, fold or None, source or None) for a DATA argument."""
+    path_text, _, selection = text.partition("@")
     path = Path(path_text)
     if not path.exists():
         raise UserError(f"data not found: {path}")
-    fold = None
-    if fold_text:
-        if not fold_text.isdigit():
-            raise UserError(f"{text}: the part after '@' must be a fold number")
-        fold = int(fold_text)
+    fold, source = None, None
+    for part in filter(None, selection.split(",")):
+        if part.isdigit():
+            fold = int(part)
+        else:
+            source = part
     if (path / MANIFEST).exists():
         manifest = read_manifest(path)
         if fold is not None and not 0 <= fold < manifest["folds"]:
             raise UserError(f"{text}: {path} has folds 0 to {manifest['folds'] - 1}")
-        return text, path, fold
+        names = [s["name"] for s in manifest.get("sources", [])]
+        if source is not None and source not in names:
+            raise UserError(
+                f"{text}: {path} has no source '{source}' (its sources: {', '.join(names) or 'none named'})"
+            )
+        return text, path, fold, source
+    if selection:
+        raise UserError(f"{text}: '@' selects folds or sources of a prepared dataset; {path} is not one")
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     prepared = cache / f"{path.name}-{image_size}px-{digest}"
     if not (prepared / MANIFEST).exists():
         prepare(path, prepared, image_size)
-    return text, prepared, fold
+    return text, prepared, None, None
 
 
 def metrics_with_intervals(
@@ -164,12 +199,15 @@ def evaluate_checkpoint(
     one); return the summary (metrics with intervals, per dataset) and the predictions."""
     model, meta = load_checkpoint(Path(checkpoint))
     size = meta["image_size"]
-    scored = [score(model, meta, *resolve_data(text, size, cache), options.tta) for text in data]
+
+    def scored_on(text: str) -> Scored:
+        name, prepared, fold, source = resolve_data(text, size, cache)
+        return score(model, meta, name, prepared, fold, options.tta, source)
+
+    scored = [scored_on(text) for text in data]
     if threshold_from:
         known = {s.name: s for s in scored}
-        val = known.get(threshold_from) or score(
-            model, meta, *resolve_data(threshold_from, size, cache), options.tta
-        )
+        val = known.get(threshold_from) or scored_on(threshold_from)
         threshold = choose_threshold(val.labels, val.scores, options.threshold, options.target_sensitivity)
         rule = (
             "Youden's J"
@@ -202,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m orchestrator.evaluate", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("checkpoint", help="a checkpoint folder (model.safetensors + meta.json), or its URI")
-    parser.add_argument("data", nargs="+", help="PREPARED, PREPARED@FOLD or a raw image folder")
+    parser.add_argument(
+        "data", nargs="+", help="PREPARED, PREPARED@FOLD, PREPARED@SOURCE, PREPARED@FOLD,SOURCE or raw images"
+    )
     parser.add_argument("--threshold-from", metavar="VAL_DATA", help="choose the threshold on this data")
     parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default="youden")
     parser.add_argument("--target-sensitivity", type=float, default=0.9, help="for --threshold sensitivity")

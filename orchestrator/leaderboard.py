@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ResultGrid
 
-from orchestrator.config import SEARCHABLE, Spec
+from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
 from trainables.checkpoint import is_complete
@@ -26,7 +26,19 @@ REPORTED = [
     "val_specificity_at_threshold",
     "train_loss",
 ]
-SHOWN = ["rank", "backbone", "weights", "lr", "optimizer", "batch_size", "val_fold", "status", "epochs_run"]
+SHOWN = [
+    "rank",
+    "backbone",
+    "weights",
+    "lr",
+    "optimizer",
+    "batch_size",
+    "color",
+    "validation",
+    "val_fold",
+    "status",
+    "epochs_run",
+]
 # what a k-fold summary averages, from each fold's final epoch
 CV_METRICS = ["val_auc", "val_recall_at_threshold", "val_specificity_at_threshold", "val_recall", "val_f1"]
 
@@ -92,6 +104,7 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
         row = {
             "trial_id": trial_id,
             **result.config,
+            **split_of(result.config),
             "weights": weights if weights != "none" else "none (random init)",
             "status": status,
             "epochs_run": epochs_run,
@@ -118,7 +131,8 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
 def by_configuration(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     """k-fold cross-validation: one row per configuration, the mean and standard deviation over its
     folds of the final epoch's validation metrics (and of the best epoch's `metric`), best first."""
-    keys = [key for key in (*SEARCHABLE, "weights") if key in frame]
+    keys = configuration_keys(frame)
+    frame = frame[frame["val_source"] == IN_SOURCE] if "val_source" in frame else frame
     completed = ("status", lambda status: int((status == "completed").sum()))
     columns = {"folds": ("val_fold", "count"), "completed": completed}
     for name in [f"best_{metric}"] + [f"last_{m}" for m in CV_METRICS]:
@@ -132,9 +146,47 @@ def by_configuration(frame: pd.DataFrame, metric: str, mode: str) -> pd.DataFram
     return table.reset_index(drop=True)
 
 
+def configuration_keys(frame: pd.DataFrame) -> list[str]:
+    """The columns that tell configurations apart (validation splits do not)."""
+    return [key for key in (*CONFIGURATION_AXES, "weights") if key in frame]
+
+
+def by_held_out_source(frame: pd.DataFrame, metric: str = "val_auc") -> pd.DataFrame:
+    """Leave-one-source-out: one row per configuration with its final-epoch `metric` on each held-out
+    source (trained on the others), their worst and mean, and beside them the in-source
+    cross-validation mean (trained and validated on folds of every source); ranked by the worst
+    held-out score. The final epoch, not the best: picking epochs on the held-out source would leak."""
+    keys = configuration_keys(frame)
+    value = f"last_{metric}"
+    rows = []
+    for configuration, group in frame.groupby(keys, sort=False, dropna=False):
+        row = dict(
+            zip(keys, configuration if isinstance(configuration, tuple) else (configuration,), strict=True)
+        )
+        held = group[group["val_source"] != IN_SOURCE]
+        for _, trial in held.iterrows():
+            row[f"held_out_{trial['val_source']}"] = trial.get(value, float("nan"))
+        scores = held[value] if value in held else pd.Series(dtype=float)
+        inside = group.loc[group["val_source"] == IN_SOURCE, value] if value in group else scores.iloc[:0]
+        row["worst_held_out"] = scores.min()
+        row["mean_held_out"] = scores.mean()
+        row["in_source_folds"] = len(inside)
+        row["in_source_mean"] = inside.mean() if len(inside) else float("nan")
+        row["gap"] = row["in_source_mean"] - row["mean_held_out"]
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(
+        "worst_held_out", ascending=False, na_position="last", kind="stable"
+    )
+    table.insert(0, "rank", range(1, len(table) + 1))
+    return table.reset_index(drop=True)
+
+
 def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
-    """The columns a reader scans first."""
-    shown = [c for c in SHOWN if c in frame and not (c == "val_fold" and frame[c].nunique() == 1)]
+    """The columns a reader scans first (a column whose value never changes is left out)."""
+    varying = ("val_fold", "validation", "color")
+    shown = [c for c in SHOWN if c in frame and not (c in varying and frame[c].nunique() == 1)]
+    if "validation" in shown and "val_fold" in shown:
+        shown.remove("val_fold")
     columns = shown + [
         c for c in (f"best_{metric}", "best_val_recall", "best_val_f1", "best_epoch") if c in frame
     ]

@@ -14,14 +14,26 @@ from orchestrator.presets import Preprocess, batch_seed, current_epoch
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
 
 
-def train_class_counts(manifest: dict, val_fold: int, test_fold: int | None = None) -> dict[int, int]:
-    """Images per class label in the training folds (every fold but `val_fold` and `test_fold`)."""
-    counts: dict[int, int] = {}
-    for fold, per_class in manifest["counts"]["per_fold"].items():
+def train_class_counts(
+    manifest: dict, val_fold: int, test_fold: int | None = None, val_source: str = ""
+) -> dict[int, int]:
+    """Images per class label in the training data: every fold but `val_fold` and `test_fold`, or,
+    with `val_source`, every other source (its folds but `test_fold`)."""
+    counts = dict.fromkeys(range(len(manifest["classes"])), 0)
+    if val_source:
+        parts = [
+            (fold, per_class)
+            for source, folds in manifest["counts"]["per_source_fold"].items()
+            if source != val_source
+            for fold, per_class in folds.items()
+        ]
+    else:
+        parts = list(manifest["counts"]["per_fold"].items())
+    for fold, per_class in parts:
         if int(fold) in (val_fold, test_fold):
             continue
         for label, name in enumerate(manifest["classes"]):
-            counts[label] = counts.get(label, 0) + per_class[name]
+            counts[label] += per_class[name]
     return counts
 
 
@@ -74,20 +86,28 @@ def build_datasets(
     seed: int = 0,
     test_fold: int | None = None,
     manifest: dict | None = None,
+    val_source: str = "",
+    color: str = "none",
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced, and the
-    test fold is in neither. `prepared` is a local folder or a URI (`s3://...`); with a URI, pass
+    test fold is in neither. With `val_source`, `val` is that whole source and `train` every other
+    one (leave-one-source-out). `prepared` is a local folder or a URI (`s3://...`); with a URI, pass
     its `manifest` (read by the driver)."""
     configure_data_context()
     prepared = str(prepared).rstrip("/")
     manifest = manifest if manifest is not None else read_manifest(Path(prepared))
-    rows = ray.data.read_parquet(f"{prepared}/{SHARDS}", columns=READ_COLUMNS)
+    columns = READ_COLUMNS + (["source"] if val_source else [])
+    rows = ray.data.read_parquet(f"{prepared}/{SHARDS}", columns=columns)
     held_out = f" and fold != {test_fold}" if test_fold is not None else ""
-    train = rows.filter(expr=f"fold != {val_fold}{held_out}")
-    val = rows.filter(expr=f"fold == {val_fold}")
+    if val_source:
+        train = rows.filter(expr=f"source != '{val_source}'{held_out}")
+        val = rows.filter(expr=f"source == '{val_source}'")
+    else:
+        train = rows.filter(expr=f"fold != {val_fold}{held_out}")
+        val = rows.filter(expr=f"fold == {val_fold}")
     if balance == "oversample":
-        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold))
+        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold, val_source))
         train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
-    train = train.map_batches(Preprocess(size, augment, seed), batch_format="numpy")
-    val = val.map_batches(Preprocess(size), batch_format="numpy")
+    train = train.map_batches(Preprocess(size, augment, seed, color), batch_format="numpy")
+    val = val.map_batches(Preprocess(size, color=color), batch_format="numpy")
     return {"train": train, "val": val}

@@ -45,10 +45,10 @@ def image_paths(items: list[str]) -> list[Path]:
 
 
 def batches(
-    paths: list[Path], size: int, failures: dict[Path, str]
+    paths: list[Path], size: int, failures: dict[Path, str], color: str = "none"
 ) -> Iterator[tuple[int, list[Path], dict]]:
     """(files looked at, files read, their uint8 batch); files that cannot be read go to `failures`."""
-    preprocess = Preprocess(size)
+    preprocess = Preprocess(size, color=color)
     for start in range(0, len(paths), BATCH):
         good, jpegs = [], []
         for path in paths[start : start + BATCH]:
@@ -73,7 +73,7 @@ def predict_paths(checkpoint: Path, paths: list[Path], tta: bool = False, progre
     failures: dict[Path, str] = {}
     results = []
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="predict") as bar:
-        for seen, good, batch in batches(paths, meta["image_size"], failures):
+        for seen, good, batch in batches(paths, meta["image_size"], failures, meta.get("color", "none")):
             if good:
                 logits = scorer(normalize(torch.from_numpy(batch["image"])))
                 results += zip(good, torch.softmax(logits.float(), 1)[:, -1].tolist(), strict=True)

@@ -6,8 +6,12 @@ orientation applied), in parallel, and streamed as JPEG bytes with its label, fo
 into Parquet shards. `manifest.json` records classes, counts per fold and class, unreadable files,
 shard hashes and the duplicate audit (see `audit.py`).
 
-    python -m orchestrator.prepare SOURCE --out DIR [--size 224] [--folds 5] [--seed 0]
-                                   [--layout auto] [--malignant MEL,BCC] [--against PREPARED]
+    python -m orchestrator.prepare SOURCE [NAME=SOURCE ...] --out DIR [--size 224] [--folds 5]
+        [--seed 0] [--layout auto] [--malignant MEL,BCC] [--subfolder DIR] [--against PREPARED]
+
+Several sources make one dataset with a `source` column: an image found in two sources (the
+duplicate audit's clusters) is kept once, in the first source listed, and records the others in
+`also_in`; folds are stratified by class and source, and grouped as for one source.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import shutil
 import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +38,7 @@ from tqdm import tqdm
 
 from orchestrator.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
 from orchestrator.errors import UserError, run_cli
-from orchestrator.sources import META_FIELDS, READERS, SourceImage, read_source
+from orchestrator.sources import BINARY_CLASSES, META_FIELDS, READERS, Source, SourceImage, read_sources
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +111,11 @@ def _load_one(task: tuple[Path, int]) -> Loaded | str:
     return try_load(*task)
 
 
-def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Stratified folds in which every group (a duplicate cluster, patient or lesion) stays in one fold."""
+def assign_folds(
+    labels: np.ndarray, groups: np.ndarray, folds: int, seed: int, strata: np.ndarray | None = None
+) -> np.ndarray:
+    """Folds stratified by label (and by `strata`, e.g. the source, when given) in which every group
+    (a duplicate cluster, patient or lesion) stays in one fold."""
     counts = Counter(labels.tolist())
     if min(counts.values()) < folds:
         raise UserError(
@@ -117,7 +124,8 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) 
         )
     fold = np.empty(len(labels), dtype=np.int8)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+    stratify = labels if strata is None else labels * (int(strata.max()) + 1) + strata
+    for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), stratify, groups)):
         fold[val] = index
     return fold
 
@@ -134,6 +142,7 @@ class Record:
     mode: str
     meta: dict[str, str]
     path: Path
+    source: str
 
 
 class ShardWriter:
@@ -169,6 +178,10 @@ SHARD_SCHEMA = pa.schema(
         ("fold", pa.int8()),
         ("sha256", pa.string()),
         ("phash", pa.binary()),
+        ("source", pa.string()),  # the collection the image came from
+        ("also_in", pa.string()),  # other sources that hold a duplicate of it, comma-separated
+        ("width", pa.int32()),  # as stored in the source, before resizing
+        ("height", pa.int32()),
         *[(name, pa.string()) for name in META_FIELDS],
         ("image", pa.binary()),
     ]
@@ -176,19 +189,20 @@ SHARD_SCHEMA = pa.schema(
 
 
 def _decode_all(
-    images: list[SourceImage], size: int, workers: int, raw: ShardWriter
+    images: list[tuple[str, SourceImage]], size: int, workers: int, raw: ShardWriter
 ) -> tuple[list[Record], list[dict]]:
-    """Decode + resize in parallel, streaming pixels to raw shards; keep only small records."""
+    """Decode + resize (source name, image) pairs in parallel, streaming pixels to raw shards; keep
+    only small records."""
     records, unreadable = [], []
-    tasks = [(image.path, size) for image in images]
+    tasks = [(image.path, size) for _, image in images]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_load_one, tasks, chunksize=8)
-        for image, loaded in tqdm(
+        for (source, image), loaded in tqdm(
             zip(images, results, strict=True), total=len(tasks), desc="prepare", unit="img"
         ):
             if isinstance(loaded, str):
                 log.warning("skipped unreadable image %s (%s)", image.path, loaded)
-                unreadable.append({"path": str(image.path), "reason": loaded})
+                unreadable.append({"path": str(image.path), "reason": loaded, "source": source})
                 continue
             records.append(
                 Record(
@@ -200,6 +214,7 @@ def _decode_all(
                     loaded.mode,
                     image.meta,
                     image.path,
+                    source,
                 )
             )
             raw.add(
@@ -209,6 +224,10 @@ def _decode_all(
                     "fold": -1,
                     "sha256": loaded.sha256,
                     "phash": loaded.phash,
+                    "source": source,
+                    "also_in": "",
+                    "width": loaded.size[0],
+                    "height": loaded.size[1],
                     **{name: image.meta.get(name) for name in META_FIELDS},
                     "image": loaded.jpeg,
                 }
@@ -267,8 +286,35 @@ def duplicates_of_reference(records: list[Record], reference: Path) -> dict[int,
     return found
 
 
+def cross_source_duplicates(records: list[Record], groups: np.ndarray, order: list[str]) -> dict[int, str]:
+    """Record index -> the source that keeps its image, for every copy of an image that another
+    source also holds (a duplicate cluster spanning sources is kept in the first source of `order`)."""
+    rank = {name: position for position, name in enumerate(order)}
+    owner: dict[int, str] = {}
+    for record, group in zip(records, groups.tolist(), strict=True):
+        if group not in owner or rank[record.source] < rank[owner[group]]:
+            owner[group] = record.source
+    return {
+        i: owner[group]
+        for i, (record, group) in enumerate(zip(records, groups.tolist(), strict=True))
+        if record.source != owner[group]
+    }
+
+
+def _also_in(records: list[Record], groups: np.ndarray, dropped: dict[int, str]) -> dict[int, str]:
+    """Kept record index -> the other sources its duplicate cluster had copies in."""
+    others: dict[int, set[str]] = {}
+    for i in dropped:
+        others.setdefault(int(groups[i]), set()).add(records[i].source)
+    return {
+        i: ",".join(sorted(others[int(group)]))
+        for i, group in enumerate(groups.tolist())
+        if i not in dropped and int(group) in others
+    }
+
+
 def prepare(
-    source: Path,
+    source: Path | list[Source],
     out: Path,
     image_size: int = 224,
     folds: int = 5,
@@ -278,52 +324,78 @@ def prepare(
     against: Path | None = None,
     layout: str = "auto",
     malignant: frozenset[str] | None = None,
+    subfolder: str | None = None,
 ) -> dict:
-    """Prepare `source` into `out` (written whole, or not at all) and return the manifest.
+    """Prepare `source` (a folder, or a list of named sources) into `out` (written whole, or not at
+    all) and return the manifest.
 
     With `against` (a prepared dataset), every image that duplicates one of the reference's is
     dropped and counted, so that `out` can serve as an external validation set for it.
     """
-    source, out = Path(source), Path(out)
+    out = Path(out)
+    if isinstance(source, list):
+        sources = source
+    else:
+        sources = [Source(Path(source).name, Path(source), layout, malignant, subfolder)]
     if (out / MANIFEST).exists():
         raise UserError(f"{out} already holds a prepared dataset; choose another --out or delete it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; choose another --out")
     if against is not None:
         read_manifest(against)
-    layout, classes, images = read_source(source, layout, malignant)
-    log.info("preparing %d images of %s from %s at %d px", len(images), classes, source, image_size)
+    read = read_sources(sources)
+    several = len(sources) > 1
+    classes = BINARY_CLASSES if several else read[0][2]
+    images = [
+        (src.name, replace(image, image_id=f"{src.name}/{image.image_id}") if several else image)
+        for src, _, _, found in read
+        for image in found
+    ]
+    names = ", ".join(f"{src.name} ({len(found)})" for src, _, _, found in read)
+    log.info("preparing %d images of %s from %s at %d px", len(images), classes, names, image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         raw = ShardWriter(staging / "raw", "raw", shard_rows)
         records, unreadable = _decode_all(images, image_size, workers or os.cpu_count() or 1, raw)
         if not records:
-            raise UserError(f"none of the {len(images)} images in {source} could be decoded")
+            raise UserError(f"none of the {len(images)} images in {names} could be decoded")
         report, groups = audit(records, image_size)
+        across = cross_source_duplicates(records, groups, [src.name for src in sources])
         dropped = duplicates_of_reference(records, against) if against is not None else {}
-        keep = np.array([i not in dropped for i in range(len(records))])
+        keep = np.array([i not in dropped and i not in across for i in range(len(records))])
         labels = np.array([r.label for r in records])
+        source_index = {src.name: i for i, src in enumerate(sources)}
+        strata = np.array([source_index[r.source] for r in records]) if several else None
         fold = np.full(len(records), -1, dtype=np.int8)
-        fold[keep] = assign_folds(labels[keep], groups[keep], folds, seed)
-        shards = _finalise(staging, raw.files, keep, fold, shard_rows)
+        fold[keep] = assign_folds(labels[keep], groups[keep], folds, seed, strata[keep] if several else None)
+        also_in = _also_in(records, groups, across)
+        shards = _finalise(staging, raw.files, keep, fold, also_in, shard_rows)
+        kept = [r for r, k in zip(records, keep, strict=True) if k]
         manifest = {
             "format_version": FORMAT_VERSION,
-            "source": str(source),
-            "layout": layout,
+            "source": str(sources[0].path) if not several else [str(src.path) for src in sources],
+            "layout": read[0][1] if not several else [layout for _, layout, _, _ in read],
             "malignant": sorted(malignant) if malignant else "source default",
+            "sources": [
+                {**src.describe(), "layout": found_layout, "images": len(found)}
+                for src, found_layout, _, found in read
+            ],
             "classes": classes,
             "positive_class": classes[-1],
             "image_size": image_size,
             "folds": folds,
             "seed": seed,
-            "fold_groups": "near-duplicate clusters joined with patient and lesion ids",
+            "fold_groups": "near-duplicate clusters joined with patient and lesion ids"
+            + (", stratified by class and source" if several else ""),
             "metadata_fields": [f for f in META_FIELDS if any(r.meta.get(f) for r in records)],
-            "counts": _counts(labels[keep], fold[keep], classes),
+            "counts": _counts(labels[keep], fold[keep], classes, [r.source for r in kept]),
             "unreadable": unreadable,
             "audit": report,
             "shards": shards,
         }
+        if several:
+            manifest["cross_source_duplicates"] = _cross_source_report(records, groups, across)
         if against is not None:
             manifest["against"] = {
                 "reference": str(against),
@@ -344,8 +416,30 @@ def prepare(
     return manifest
 
 
+def _cross_source_report(records: list[Record], groups: np.ndarray, across: dict[int, str]) -> dict:
+    """What de-duplication across sources removed: per source, and the clusters whose copies
+    disagree on the label (the copy kept decides)."""
+    kept_label: dict[int, int] = {
+        int(g): r.label
+        for i, (r, g) in enumerate(zip(records, groups.tolist(), strict=True))
+        if i not in across
+    }
+    conflicts = [records[i].image_id for i in across if records[i].label != kept_label[int(groups[i])]]
+    return {
+        "dropped": len(across),
+        "dropped_per_source": dict(Counter(records[i].source for i in across)),
+        "label_conflicts": conflicts,
+        "dropped_images": [[records[i].image_id, kept_in] for i, kept_in in sorted(across.items())],
+    }
+
+
 def _finalise(
-    staging: Path, raw_files: list[dict], keep: np.ndarray, fold: np.ndarray, shard_rows: int
+    staging: Path,
+    raw_files: list[dict],
+    keep: np.ndarray,
+    fold: np.ndarray,
+    also_in: dict[int, str],
+    shard_rows: int,
 ) -> list[dict]:
     """Rewrite the raw shards one at a time with their folds, leaving out dropped rows."""
     writer = ShardWriter(staging / SHARDS, "part", shard_rows)
@@ -354,7 +448,7 @@ def _finalise(
         table = pq.read_table(staging / raw["file"]).to_pylist()
         for row in table:
             if keep[offset]:
-                writer.add({**row, "fold": int(fold[offset])})
+                writer.add({**row, "fold": int(fold[offset]), "also_in": also_in.get(offset, "")})
             offset += 1
         (staging / raw["file"]).unlink()
     writer.flush()
@@ -362,13 +456,22 @@ def _finalise(
     return writer.files
 
 
-def _counts(labels: np.ndarray, fold: np.ndarray, classes: list[str]) -> dict:
-    per_fold = {
-        str(f): {name: int(((fold == f) & (labels == i)).sum()) for i, name in enumerate(classes)}
-        for f in sorted(set(fold.tolist()))
+def _counts(labels: np.ndarray, fold: np.ndarray, classes: list[str], sources: list[str]) -> dict:
+    def per_class(mask: np.ndarray) -> dict[str, int]:
+        return {name: int((mask & (labels == i)).sum()) for i, name in enumerate(classes)}
+
+    source = np.array(sources)
+    folds = sorted(set(fold.tolist()))
+    return {
+        "total": int(len(labels)),
+        "per_class": per_class(np.ones(len(labels), dtype=bool)),
+        "per_fold": {str(f): per_class(fold == f) for f in folds},
+        "per_source": {name: per_class(source == name) for name in dict.fromkeys(sources)},
+        "per_source_fold": {
+            name: {str(f): per_class((source == name) & (fold == f)) for f in folds}
+            for name in dict.fromkeys(sources)
+        },
     }
-    per_class = {name: int((labels == i).sum()) for i, name in enumerate(classes)}
-    return {"total": int(len(labels)), "per_class": per_class, "per_fold": per_fold}
 
 
 def read_manifest(prepared: Path) -> dict:
@@ -382,6 +485,13 @@ def read_manifest(prepared: Path) -> dict:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{prepared} was prepared by an incompatible version; prepare it again")
     return manifest
+
+
+def source_names(manifest: dict) -> list[str]:
+    """The sources of a prepared dataset (one made before sources had names: its folder's name)."""
+    if "sources" in manifest:
+        return [source["name"] for source in manifest["sources"]]
+    return [Path(manifest["source"]).name]
 
 
 def summary(manifest: dict, out: Path) -> dict:
@@ -401,18 +511,44 @@ def summary(manifest: dict, out: Path) -> dict:
     }
     if "against" in manifest:
         result["dropped_as_duplicates_of_reference"] = manifest["against"]["dropped"]
+    if "cross_source_duplicates" in manifest:
+        across = manifest["cross_source_duplicates"]
+        result["per_source"] = manifest["counts"]["per_source"]
+        result["dropped_as_duplicates_across_sources"] = across["dropped_per_source"]
+        result["label_conflicts_across_sources"] = len(across["label_conflicts"])
     return result
+
+
+def parse_sources(items: list[str], layout: str, malignant: frozenset[str] | None, subfolder: str | None):
+    """`PATH` or `NAME=PATH` command-line sources; one bare PATH is the single-source case."""
+    if len(items) == 1 and "=" not in items[0]:
+        return Path(items[0])
+    sources = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            name, path = Path(item).name, item
+        sources.append(Source(name, Path(path), layout, malignant, subfolder))
+    names = [source.name for source in sources]
+    if len(set(names)) != len(names):
+        raise UserError(f"sources need distinct names; give them as NAME=PATH (got {', '.join(names)})")
+    return sources
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.prepare", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("source", type=Path, help="image folder: one sub-folder per class, or an ISIC layout")
+    parser.add_argument(
+        "source",
+        nargs="+",
+        help="image folder (one sub-folder per class, or an ISIC layout); several as NAME=PATH",
+    )
     parser.add_argument("--layout", default="auto", choices=["auto", *READERS], help="default: detected")
     parser.add_argument(
         "--malignant", help="comma-separated diagnoses to call malignant (default: the source's own rule)"
     )
+    parser.add_argument("--subfolder", help="only the images under this sub-folder of SOURCE")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the prepared dataset to")
     parser.add_argument("--size", type=int, default=224, help="shorter side in pixels (default 224)")
     parser.add_argument("--folds", type=int, default=5, help="number of cross-validation folds")
@@ -424,8 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a prepared dataset: drop (and count) every image that duplicates one of its images",
     )
     args = parser.parse_args(argv)
+    malignant = frozenset(args.malignant.split(",")) if args.malignant else None
     manifest = prepare(
-        args.source,
+        parse_sources(args.source, args.layout, malignant, args.subfolder),
         args.out,
         args.size,
         args.folds,
@@ -433,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         against=args.against,
         layout=args.layout,
-        malignant=frozenset(args.malignant.split(",")) if args.malignant else None,
+        malignant=malignant,
+        subfolder=args.subfolder,
     )
     print(json.dumps(summary(manifest, args.out), indent=2))
     return 0

@@ -22,6 +22,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call at imp
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
+from trainables.color import apply_color  # noqa: E402
+
 PRESETS = ("standard", "none")
 
 
@@ -70,11 +72,14 @@ def current_epoch() -> int:
 
 @dataclass
 class Preprocess:
-    """Batch function: {"image": JPEG bytes, "label", "image_id"} -> {"image": uint8 NCHW, "label"}."""
+    """Batch function: {"image": JPEG bytes, "label", "image_id"} -> {"image": uint8 NCHW, "label"}.
+    The same colour method runs in training, validation, evaluation and predict: a checkpoint
+    records the one it was trained with."""
 
     size: int
     augment: str | None = None  # a train preset name, or None for evaluation
     seed: int = 0
+    color: str = "none"  # colour constancy, before any augmentation (see trainables/color.py)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not hasattr(self, "_transform"):
@@ -84,7 +89,9 @@ class Preprocess:
             )
         if self.augment and "image_id" in batch:
             self._transform.set_random_seed(batch_seed(self.seed, current_epoch(), batch["image_id"]))
-        images = np.stack([self._transform(image=decode_jpeg(d))["image"] for d in batch["image"]])
+        images = np.stack(
+            [self._transform(image=apply_color(decode_jpeg(d), self.color))["image"] for d in batch["image"]]
+        )
         return {
             "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
             "label": np.asarray(batch["label"], dtype=np.int64),

@@ -35,6 +35,26 @@ META_FIELDS = ("diagnosis", "patient_id", "lesion_id", "age", "sex", "site")
 
 
 @dataclass(frozen=True)
+class Source:
+    """One image collection: where it is, how it is laid out, and its short name in a study."""
+
+    name: str
+    path: Path
+    layout: str = "auto"
+    malignant: frozenset[str] | None = None
+    subfolder: str | None = None  # only images under this sub-folder (ground truth read from `path`)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "layout": self.layout,
+            "malignant": sorted(self.malignant) if self.malignant else "source default",
+            "subfolder": self.subfolder,
+        }
+
+
+@dataclass(frozen=True)
 class SourceImage:
     path: Path
     image_id: str
@@ -235,6 +255,9 @@ READERS: dict[str, Callable[[Path, frozenset[str] | None], tuple[list[str], list
 }
 
 
+LAYOUTS = ("auto", *READERS)
+
+
 def detect_layout(root: Path) -> str:
     """The layout of `root`, from the ground-truth files it holds."""
     if any(root.glob("ISBI2016_ISIC_Part3_*GroundTruth.csv")):
@@ -255,16 +278,41 @@ def detect_layout(root: Path) -> str:
 
 
 def read_source(
-    root: Path, layout: str = "auto", malignant: frozenset[str] | None = None
+    root: Path, layout: str = "auto", malignant: frozenset[str] | None = None, subfolder: str | None = None
 ) -> tuple[str, list[str], list[SourceImage]]:
-    """(layout, class names, images) of the source at `root`."""
+    """(layout, class names, images) of the source at `root` (only those under `subfolder`)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data source not found or not a folder: {root}")
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in READERS:
-        raise UserError(f"unknown layout '{layout}'; known: auto, {', '.join(READERS)}")
+        raise UserError(f"unknown layout '{layout}'; known: {', '.join(LAYOUTS)}")
     classes, images = READERS[layout](root, malignant)
+    if subfolder:
+        inside = (root / subfolder).resolve()
+        if not inside.is_dir():
+            raise UserError(f"subfolder '{subfolder}' not found in {root}")
+        images = [image for image in images if image.path.resolve().is_relative_to(inside)]
     if not images:
-        raise UserError(f"no usable images in {root} (layout {layout})")
+        raise UserError(f"no usable images in {root / (subfolder or '')} (layout {layout})")
     return layout, classes, images
+
+
+def read_sources(sources: list[Source]) -> list[tuple[Source, str, list[str], list[SourceImage]]]:
+    """Every source read, each as (source, layout, classes, images); errors name the source. With
+    several sources each must be binary: label 1 is the malignant class of every one of them."""
+    read = []
+    for source in sources:
+        try:
+            layout, classes, images = read_source(
+                source.path, source.layout, source.malignant, source.subfolder
+            )
+        except UserError as err:
+            raise UserError(f"source '{source.name}': {err}") from None
+        if len(sources) > 1 and len(classes) != 2:
+            raise UserError(
+                f"source '{source.name}' has {len(classes)} classes ({', '.join(classes)}); "
+                "a multi-source study needs benign and malignant in each"
+            )
+        read.append((source, layout, classes, images))
+    return read

@@ -29,10 +29,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from orchestrator import leaderboard
-from orchestrator.config import Spec, load_spec
+from orchestrator.config import SourceSpec, Spec, load_spec, split_of
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
-from orchestrator.sources import read_source
+from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest, source_names
+from orchestrator.sources import read_sources
 from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
 from orchestrator.top_trials import evaluate_top_trials
 from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
@@ -88,12 +88,45 @@ def prepared_dataset(spec: Spec) -> Path:
             )
         return local
     size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
-    out = data.cache / f"{data.source.name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
+    name = "+".join(source.name for source in data.sources)
+    out = data.cache / f"{name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
     if (out / "manifest.json").exists():
         log.info("using prepared dataset %s", out)
         return out
-    prepare(data.source, out, size, data.folds, data.seed, layout=data.layout, malignant=data.malignant_set)
+    prepare(data.sources, out, size, data.folds, data.seed)
     return out
+
+
+def with_dataset(spec: Spec, prepared: Path) -> Spec:
+    """The spec with its held-out sources checked against the dataset's and its raw test sets
+    prepared (de-duplicated against the training data, at its image size)."""
+    manifest = read_manifest(prepared)
+    data = spec.data.with_sources(source_names(manifest))
+    if data.val_sources and spec.scheduler.type == "asha":
+        raise UserError(
+            "trials validated on different held-out sources cannot be compared by ASHA; "
+            "use scheduler: {type: fifo} with data.val_source"
+        )
+    tests = [test_dataset(test, prepared, manifest, spec.data.cache) for test in spec.evaluation.test]
+    evaluation = spec.evaluation.model_copy(update={"test": tests})
+    return spec.model_copy(update={"data": data, "evaluation": evaluation})
+
+
+def test_dataset(test: str | SourceSpec, prepared: Path, manifest: dict, cache: Path) -> str:
+    """A test set as PREPARED[@FOLD]: a source entry is prepared once, `--against` the training data."""
+    if not isinstance(test, SourceSpec):
+        return test
+    source = test.source()
+    layout, _, images = read_sources([source])[0][1:]
+    listing = f"{prepared.resolve()}:{layout}:{source.describe()}:" + ",".join(
+        f"{image.image_id}:{image.label}" for image in images
+    )
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:10]
+    out = cache / f"{test.name}-{manifest['image_size']}px-against-{prepared.name}-{digest}"
+    if not (out / MANIFEST).exists():
+        log.info("preparing the test set %s against the training data %s", test.name, prepared)
+        prepare([source], out, manifest["image_size"], manifest["folds"], against=prepared)
+    return str(out)
 
 
 def local_prepared(location: str, cache: Path) -> Path:
@@ -114,12 +147,15 @@ def local_prepared(location: str, cache: Path) -> Path:
 
 
 def _fingerprint(spec: Spec) -> str:
-    """Changes when any image is added, removed, renamed, relabelled or rewritten."""
+    """Changes when any image is added, removed, renamed, relabelled or rewritten, or a source is
+    renamed, added or reordered."""
     data = spec.data
-    layout, _, images = read_source(data.source, data.layout, data.malignant_set)
-    listing = f"{layout}:{sorted(data.malignant or [])}\n" + "".join(
-        f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
-    )
+    listing = ""
+    for source, layout, _, images in read_sources(data.sources):
+        described = source.describe() if len(data.sources) > 1 else sorted(source.malignant or [])
+        listing += f"{layout}:{described}\n" + "".join(
+            f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
+        )
     return hashlib.sha256(listing.encode()).hexdigest()[:10]
 
 
@@ -148,8 +184,17 @@ def concurrent_trials(spec: Spec) -> int:
 
 def param_space(spec: Spec) -> dict[str, Any]:
     """Every searchable key as a grid axis, fixed ones with a single value, so that TensorBoard's
-    HParams table shows the whole configuration of each trial."""
-    return {key: tune.grid_search(values) for key, values in spec.searched().items()}
+    HParams table shows the whole configuration of each trial. With held-out sources the validation
+    split is one axis (`validation`: folds and sources), and val_fold / val_source follow from it."""
+    space: dict[str, Any] = {key: tune.grid_search(values) for key, values in spec.searched().items()}
+    if "validation" in space:
+        space["val_fold"] = tune.sample_from(_split_value("val_fold"))
+        space["val_source"] = tune.sample_from(_split_value("val_source"))
+    return space
+
+
+def _split_value(key: str):
+    return lambda resolved: split_of({"validation": resolved.config["validation"]})[key]
 
 
 def _trial_dirname(trial) -> str:
@@ -223,6 +268,7 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         shared = record["shared_prepared"]
     else:
         prepared = prepared_dataset(spec)
+        spec = with_dataset(spec, prepared)
         run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         given = spec.data.prepared
         shared = given if given and is_remote(given) else shared_prepared(storage, prepared)
@@ -295,6 +341,8 @@ def publish(frame: Any, spec: Spec, local_dir: Path, run: Storage) -> None:
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, spec.scheduler.metric, spec.scheduler.resolved_mode)
         leaderboard.write(cv, out, f"{LEADERBOARD}-cv")
+    if spec.data.val_sources:
+        leaderboard.write(leaderboard.by_held_out_source(frame), out, f"{LEADERBOARD}-loso")
     leaderboard.write(frame, out, LEADERBOARD)
     if run.remote:
         files = sorted(local_dir.rglob("*"), key=lambda path: (path.name.startswith(LEADERBOARD), str(path)))
@@ -339,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
         print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
         print(leaderboard.to_markdown(cv))
+    if spec.data.val_sources:
+        print("\nLeave-one-source-out (final epoch ROC-AUC on each held-out source, worst first):\n")
+        print(leaderboard.to_markdown(leaderboard.by_held_out_source(frame)))
     print(f"TensorBoard: tensorboard --logdir {where}")
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):

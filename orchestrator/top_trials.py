@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.clinical import Targets
-from orchestrator.config import Spec
+from orchestrator.config import IN_SOURCE, Spec
 from orchestrator.evaluate import Options, evaluate_checkpoint
-from orchestrator.prepare import MANIFEST, read_manifest
+from orchestrator.prepare import MANIFEST, read_manifest, source_names
 from orchestrator.storage import local_copy, staging_dir
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,21 @@ def warn_if_not_deduplicated(test: str, prepared: Path) -> None:
         )
 
 
+def candidates(frame: pd.DataFrame) -> pd.DataFrame:
+    """Trials with a checkpoint, best first; the ones validated on folds of every source when there
+    are any (a held-out source ranks a different question: how far a model travels)."""
+    found = frame[frame.get("checkpoint", pd.Series(dtype=object)).notna()]
+    in_source = found[found["val_source"] == IN_SOURCE] if "val_source" in found else found
+    return in_source if len(in_source) else found
+
+
+def validation_data(prepared: Path, row: pd.Series) -> str:
+    """The trial's validation split as evaluation DATA: PREPARED@FOLD, or PREPARED@SOURCE."""
+    if row.get("val_source", IN_SOURCE) != IN_SOURCE:
+        return f"{prepared}@{row['val_source']}"
+    return f"{prepared}@{int(row['val_fold'])}"
+
+
 def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: Path) -> pd.DataFrame:
     """The leaderboard with test columns for its `evaluation.top` best trials."""
     internal = [f"{prepared}@{spec.data.test_fold}"] if spec.data.test_fold is not None else []
@@ -69,10 +84,16 @@ def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir
     from orchestrator.report import write_report
 
     frame = frame.copy()
-    tested = frame[frame.get("checkpoint", pd.Series(dtype=object)).notna()].head(spec.evaluation.top)
+    tested = candidates(frame).head(spec.evaluation.top)
+    sources = source_names(read_manifest(prepared))
     for position, (index, row) in enumerate(tested.iterrows()):
-        validation = f"{prepared}@{int(row['val_fold'])}"
-        data = [validation, *tests] if position == 0 else tests
+        validation = validation_data(prepared, row)
+        by_source = (
+            [f"{validation},{name}" for name in sources]
+            if row.get("val_source", IN_SOURCE) == IN_SOURCE
+            else []
+        )
+        data = [validation, *(by_source if len(sources) > 1 else []), *tests] if position == 0 else tests
         checkpoint = local_copy(row["checkpoint"], staging_dir("checkpoints"))  # from remote storage
         summary, scored = evaluate_checkpoint(
             checkpoint, data, validation, options_for(spec), spec.data.cache

@@ -13,7 +13,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from orchestrator.config import Spec
+from orchestrator.config import Spec, split_of
 from orchestrator.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
 from trainables.backbones import input_config, timm_name
 from trainables.train_loop import train_loop_per_worker
@@ -29,8 +29,9 @@ def trial_image_size(spec: Spec, backbone: str) -> int:
 def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[str, Any]:
     """Everything the train loop needs, as plain values."""
     backbone, train = config["backbone"], spec.train
+    config = {**config, **split_of(config)}
     normalisation = input_config(backbone)
-    counts = train_class_counts(manifest, config["val_fold"], spec.data.test_fold)
+    counts = train_class_counts(manifest, config["val_fold"], spec.data.test_fold, config["val_source"])
     balance = spec.data.balance
     per_epoch = oversample_factors(counts) if balance == "oversample" else dict.fromkeys(counts, 1.0)
     return {
@@ -46,6 +47,7 @@ def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[st
         "train_rows": round(sum(counts[label] * per_epoch[label] for label in counts)),
         "class_weights": class_weights(counts) if balance == "class_weight" else None,
         "threads": spec.resources.torch_threads,
+        "color": config.get("color", "none"),
         **train.model_dump(include={"freeze_epochs", "backbone_lr_scale", "warmup_epochs", "schedule"}),
         **train.model_dump(include={"label_smoothing", "precision"}),
     }
@@ -58,7 +60,9 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: dict,
     loop_config["checkpoints"] = f"{run_uri}/{CHECKPOINTS}/{trial_id}"  # where a restart looks for one
     datasets = build_datasets(
         prepared,
-        val_fold=config["val_fold"],
+        val_fold=loop_config["val_fold"],
+        val_source=loop_config["val_source"],
+        color=loop_config["color"],
         size=loop_config["image_size"],
         augment=spec.augment,
         balance=spec.data.balance,

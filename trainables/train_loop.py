@@ -208,6 +208,7 @@ def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         meta = {key: trainer.config[key] for key in META_KEYS}
+        meta["color"] = trainer.config.get("color", "none")  # evaluate and predict apply it too
         meta["resumed_after_epoch"] = trainer.resumed_after_epoch  # 0: trained from the start
         meta["node_id"] = ray.get_runtime_context().get_node_id()  # the Ray node that trained it
         meta["metrics"] = metrics
