@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UserError
-from orchestrator.sources import LAYOUTS, Source
+from orchestrator.sources import LAYOUTS, SOURCE_NAME, Source
 from orchestrator.storage import normalise
 from trainables.color import COLOR_METHODS
 
@@ -40,7 +40,7 @@ class Strict(BaseModel):
 class SourceSpec(Strict):
     """One image collection of a multi-source study."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", description="a short name, e.g. kaggle, isic2017")
+    name: str = Field(pattern=SOURCE_NAME, description="a short name, e.g. kaggle, isic2017")
     path: Path
     layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
     malignant: list[str] | None = Field(
@@ -87,6 +87,9 @@ class DataSpec(Strict):
     )
     image_size: int | None = Field(None, ge=16, description="pixels; default: each backbone's own")
     cache: Path = Field(Path("prepared"), description="where prepared copies of `source` are kept")
+    shortcut_audit: bool = Field(
+        False, description="before training, measure how well non-lesion features predict the label"
+    )
     balance: Literal["oversample", "class_weight", "none"] = Field(
         "oversample", description="oversample the minority class, weight the loss by class, or neither"
     )
@@ -123,15 +126,10 @@ class DataSpec(Strict):
 
     def with_sources(self, names: list[str]) -> DataSpec:
         """This spec with `val_source: all` resolved to the dataset's source names, and checked."""
-        held = names if self.val_source == "all" else self.val_sources
-        unknown = sorted(set(held) - set(names))
-        if unknown:
-            raise UserError(
-                f"data.val_source names {', '.join(unknown)}; the dataset's sources: {', '.join(names)}"
-            )
-        if held and len(names) < 2:
-            raise UserError(f"data.val_source needs several sources; the dataset has one ({names[0]})")
-        return self.model_copy(update={"val_source": held or None})
+        try:
+            return self.model_copy(update={"val_source": held_out_sources(self.val_source, names)})
+        except ValueError as err:
+            raise UserError(f"data.val_source: {err}") from None
 
     @model_validator(mode="after")
     def _one_location(self) -> DataSpec:
@@ -141,15 +139,15 @@ class DataSpec(Strict):
             names = [entry.name for entry in self.source]
             if not names or len(set(names)) != len(names):
                 raise ValueError(f"the sources need distinct names (got {names})")
-            if self.val_source == "all":
-                self.val_source = names
-            if unknown := set(self.val_sources) - set(names):
-                raise ValueError(
-                    f"val_source names {', '.join(sorted(unknown))}; sources: {', '.join(names)}"
-                )
+            if self.layout != "auto" or self.malignant:
+                raise ValueError("with a list of sources, give layout and malignant in each source entry")
+            self.val_source = held_out_sources(self.val_source, names)
+        elif self.source is not None and self.val_source is not None:
+            raise ValueError("val_source needs a list of sources to hold one out of")
         if self.val_source is not None and self.test_fold is not None:
             raise ValueError(
-                "test_fold cannot be combined with val_source: a held-out source is its own test"
+                "test_fold cannot be combined with val_source: a held-out source's trials train on "
+                "every fold of the other sources; test on another source with evaluation.test"
             )
         if self.val_fold == "none" and self.val_source is None:
             raise ValueError("val_fold: none needs a val_source to validate on")
@@ -267,6 +265,15 @@ class Spec(Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     storage: str = "runs"
 
+    @model_validator(mode="after")
+    def _comparable_trials(self) -> Spec:
+        if self.data.val_source is not None and self.scheduler.type == "asha":
+            raise ValueError(
+                "trials validated on different held-out sources cannot be compared by ASHA; "
+                "use scheduler: {type: fifo} with data.val_source"
+            )
+        return self
+
     def searched(self) -> dict[str, list]:
         """Every searchable key with its values (a fixed value is a one-element list), and the
         validation fold, which is an axis of its own under k-fold cross-validation."""
@@ -292,6 +299,20 @@ class Spec(Strict):
 
 def as_list(value: Any) -> list:
     return list(value) if isinstance(value, list) else [value]
+
+
+def held_out_sources(val_source: str | list[str] | None, names: list[str]) -> list[str] | None:
+    """`val_source` ('all', a name or a list) as distinct names of `names`; ValueError otherwise."""
+    if val_source is None:
+        return None
+    held = names if val_source == "all" else as_list(val_source)
+    if not held or len(set(held)) != len(held):
+        raise ValueError(f"val_source needs distinct source names (got {held})")
+    if unknown := sorted(set(held) - set(names)):
+        raise ValueError(f"val_source names {', '.join(unknown)}; sources: {', '.join(names)}")
+    if len(names) < 2:
+        raise ValueError(f"val_source needs several sources; the dataset has one ({names[0]})")
+    return held
 
 
 def split_label(val_fold: int, val_source: str) -> str:

@@ -132,16 +132,15 @@ def score(
 
 def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None, str | None]:
     """(display name, prepared folder, fold or None, source or None) for a DATA argument."""
-    path_text, _, selection = text.partition("@")
+    path_text, at, selection = text.partition("@")
     path = Path(path_text)
     if not path.exists():
         raise UserError(f"data not found: {path}")
-    fold, source = None, None
-    for part in filter(None, selection.split(",")):
-        if part.isdigit():
-            fold = int(part)
-        else:
-            source = part
+    parts = [part for part in selection.split(",") if part]
+    folds, named = [p for p in parts if p.isdigit()], [p for p in parts if not p.isdigit()]
+    if len(folds) > 1 or len(named) > 1 or (at and not parts):
+        raise UserError(f"{text}: after '@' give one fold, one source or FOLD,SOURCE (e.g. @0,isic2017)")
+    fold, source = (int(folds[0]) if folds else None), (named[0] if named else None)
     if (path / MANIFEST).exists():
         manifest = read_manifest(path)
         if fold is not None and not 0 <= fold < manifest["folds"]:

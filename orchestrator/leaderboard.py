@@ -166,10 +166,12 @@ def by_held_out_source(frame: pd.DataFrame, metric: str = "val_auc") -> pd.DataF
         held = group[group["val_source"] != IN_SOURCE]
         for _, trial in held.iterrows():
             row[f"held_out_{trial['val_source']}"] = trial.get(value, float("nan"))
-        scores = held[value] if value in held else pd.Series(dtype=float)
+        scores = held[value] if value in held else pd.Series(float("nan"), index=held.index)
         inside = group.loc[group["val_source"] == IN_SOURCE, value] if value in group else scores.iloc[:0]
-        row["worst_held_out"] = scores.min()
-        row["mean_held_out"] = scores.mean()
+        row["held_out_scored"] = f"{int(scores.notna().sum())}/{len(scores)}"
+        # a held-out trial without a score (it failed) must not leave the configuration its easier ones
+        row["worst_held_out"] = scores.min(skipna=False)
+        row["mean_held_out"] = scores.mean(skipna=False)
         row["in_source_folds"] = len(inside)
         row["in_source_mean"] = inside.mean() if len(inside) else float("nan")
         row["gap"] = row["in_source_mean"] - row["mean_held_out"]
@@ -193,7 +195,22 @@ def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
     return frame[columns].head(top)
 
 
-def write(frame: pd.DataFrame, out: Storage, name: str = "leaderboard") -> None:
-    """`<name>.csv` and `<name>.md`, each replaced whole or left as it was."""
+def held_out_note(manifest: dict, sources: list[str]) -> str:
+    """What each held-out source holds, and where the images it shares with another source went."""
+    counts = manifest["counts"]["per_source"]
+    positive = manifest["positive_class"]
+    sizes = ", ".join(
+        f"{name} {sum(counts[name].values())} images ({counts[name][positive]} {positive})"
+        for name in sources
+    )
+    dropped = manifest.get("cross_source_duplicates", {}).get("dropped_per_source", {})
+    shared = "; ".join(
+        f"{n} {name} images are kept in an earlier-listed source" for name, n in dropped.items()
+    )
+    return f"Held-out sources: {sizes}." + (f" De-duplicated across sources: {shared}." if shared else "")
+
+
+def write(frame: pd.DataFrame, out: Storage, name: str = "leaderboard", note: str = "") -> None:
+    """`<name>.csv` and `<name>.md` (after `note`, if any), each replaced whole or left as it was."""
     out.write_atomic(f"{name}.csv", frame.to_csv(index=False).encode())
-    out.write_atomic(f"{name}.md", to_markdown(frame).encode())
+    out.write_atomic(f"{name}.md", ((note + "\n\n" if note else "") + to_markdown(frame)).encode())

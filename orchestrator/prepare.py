@@ -38,7 +38,15 @@ from tqdm import tqdm
 
 from orchestrator.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
 from orchestrator.errors import UserError, run_cli
-from orchestrator.sources import BINARY_CLASSES, META_FIELDS, READERS, Source, SourceImage, read_sources
+from orchestrator.sources import (
+    BINARY_CLASSES,
+    LAYOUTS,
+    META_FIELDS,
+    Source,
+    SourceImage,
+    check_source_name,
+    read_sources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,14 +271,15 @@ def audit(records: list[Record], image_size: int) -> tuple[dict, np.ndarray]:
 
 
 def same_subject_pairs(records: list[Record]) -> list[tuple[int, int, int]]:
-    """Pairs linking images of one patient or one lesion, where the source says so."""
+    """Pairs linking images of one patient or one lesion, where the source says so (ids are a
+    source's own: the same id in two sources is not the same patient)."""
     pairs = []
     for key in ("patient_id", "lesion_id"):
-        first: dict[str, int] = {}
+        first: dict[tuple[str, str], int] = {}
         for index, record in enumerate(records):
             value = record.meta.get(key)
             if value:
-                pairs.append((first.setdefault(value, index), index, 0))
+                pairs.append((first.setdefault((record.source, value), index), index, 0))
     return pairs
 
 
@@ -376,7 +385,7 @@ def prepare(
             "format_version": FORMAT_VERSION,
             "source": str(sources[0].path) if not several else [str(src.path) for src in sources],
             "layout": read[0][1] if not several else [layout for _, layout, _, _ in read],
-            "malignant": sorted(malignant) if malignant else "source default",
+            "malignant": sources[0].describe()["malignant"] if not several else "per source",
             "sources": [
                 {**src.describe(), "layout": found_layout, "images": len(found)}
                 for src, found_layout, _, found in read
@@ -528,7 +537,7 @@ def parse_sources(items: list[str], layout: str, malignant: frozenset[str] | Non
         name, sep, path = item.partition("=")
         if not sep:
             name, path = Path(item).name, item
-        sources.append(Source(name, Path(path), layout, malignant, subfolder))
+        sources.append(Source(check_source_name(name), Path(path), layout, malignant, subfolder))
     names = [source.name for source in sources]
     if len(set(names)) != len(names):
         raise UserError(f"sources need distinct names; give them as NAME=PATH (got {', '.join(names)})")
@@ -544,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="image folder (one sub-folder per class, or an ISIC layout); several as NAME=PATH",
     )
-    parser.add_argument("--layout", default="auto", choices=["auto", *READERS], help="default: detected")
+    parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="default: detected")
     parser.add_argument(
         "--malignant", help="comma-separated diagnoses to call malignant (default: the source's own rule)"
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -190,7 +192,18 @@ def _header(summary: dict) -> list[tuple[str, str]]:
     ]
 
 
-def write_report(out: Path, summary: dict, scored) -> Path:
+@dataclass(frozen=True)
+class Section:
+    """A part of the report beyond the checkpoint's own metrics (e.g. the shortcut audit)."""
+
+    title: str
+    text: str
+    table: pd.DataFrame
+    picture: Path | None = None
+    caption: str = ""
+
+
+def write_report(out: Path, summary: dict, scored, sections: list[Section] = ()) -> Path:
     """Write metrics.json, predictions CSVs, PNGs, report.md and a self-contained report.html."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -205,6 +218,11 @@ def write_report(out: Path, summary: dict, scored) -> Path:
     for title, table in tables.items():
         markdown += [f"## {title}", "", to_markdown(table.rename_axis("metric").reset_index()), ""]
     markdown += [f"![{caption}]({name})" for name, caption in pictures]
+    for section in sections:
+        markdown += ["", f"## {section.title}", "", section.text, "", to_markdown(section.table)]
+        if section.picture is not None:
+            shutil.copy(section.picture, out / section.picture.name)
+            markdown += ["", f"![{section.caption}]({section.picture.name})"]
     (out / "report.md").write_text("\n".join(markdown) + "\n")
 
     def image(name: str, caption: str) -> str:
@@ -226,6 +244,12 @@ def write_report(out: Path, summary: dict, scored) -> Path:
     ]
     for title, table in tables.items():
         page += [f"<h2>{html.escape(title)}</h2>", table.to_html(escape=True)]
-    page += ["<h2>Pictures</h2>", *[image(name, caption) for name, caption in pictures], "</body></html>"]
+    page += ["<h2>Pictures</h2>", *[image(name, caption) for name, caption in pictures]]
+    for section in sections:
+        page += [f"<h2>{html.escape(section.title)}</h2>", f"<p>{html.escape(section.text)}</p>"]
+        page.append(section.table.to_html(escape=True, index=False))
+        if section.picture is not None:
+            page.append(image(section.picture.name, section.caption))
+    page.append("</body></html>")
     (out / "report.html").write_text("\n".join(page))
     return out / "report.html"

@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
@@ -64,38 +64,82 @@ AUDIT_FILE = "shortcuts.json"
 
 
 @dataclass
-class Images:
-    """The square uint8 images of a prepared dataset with their labels, folds and sources."""
+class Audited:
+    """What the audit keeps per image (not the pixels): labels, folds, sources, the trivial
+    statistics and each view's frozen features; and a few examples of each class for the picture."""
 
-    pixels: np.ndarray  # N x S x S x 3
     labels: np.ndarray
     folds: np.ndarray
     sources: np.ndarray
-    sizes: np.ndarray | None  # N x 2 original (width, height), when the dataset recorded them
-    stats: np.ndarray  # N x 5: mean R, G, B of the stored image, brightness, contrast
+    trivial: np.ndarray  # log original width and height (when recorded), mean R, G, B, brightness, contrast
+    features: dict[str, np.ndarray]
+    examples: np.ndarray  # uint8 N x S x S x 3, benign then malignant
+    example_labels: np.ndarray
+    example_sources: np.ndarray
 
 
-def load_images(prepared: Path, size: int) -> Images:
+def _batches(prepared: Path, batch_size: int = 64):
+    """Record batches of the shards, with the columns the audit reads (older datasets lack some)."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(Path(prepared) / SHARDS, format="parquet")
+    optional = [c for c in ("source", "width", "height") if c in dataset.schema.names]
+    yield from dataset.to_batches(columns=["image", "label", "fold", *optional], batch_size=batch_size)
+
+
+def _square(images: list[np.ndarray], size: int) -> np.ndarray:
     import cv2
 
-    available = set(pq.read_schema(next((Path(prepared) / SHARDS).glob("*.parquet"))).names)
-    columns = ["image", "label", "fold"] + [c for c in ("source", "width", "height") if c in available]
-    table = pq.read_table(Path(prepared) / SHARDS, columns=columns).to_pydict()
-    pixels, stats = [], []
-    for data in table["image"]:
-        image = decode_jpeg(data)
+    return np.stack([cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) for image in images])
+
+
+def _trivial(images: list[np.ndarray], rows: dict) -> np.ndarray:
+    stats = []
+    for image in images:
         gray = image.mean(axis=2)
         stats.append([*image.reshape(-1, 3).mean(axis=0), gray.mean(), gray.std()])
-        pixels.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA))
-    count = len(table["label"])
-    sizes = np.array([table["width"], table["height"]], dtype=np.float64).T if "width" in table else None
-    return Images(
-        np.stack(pixels),
-        np.asarray(table["label"]),
-        np.asarray(table["fold"]),
-        np.asarray(table.get("source", ["?"] * count)),
-        sizes,
-        np.asarray(stats, dtype=np.float64),
+    if "width" in rows:
+        sizes = np.log(np.array([rows["width"], rows["height"]], dtype=np.float64).T)
+        return np.hstack([sizes, np.asarray(stats)])
+    return np.asarray(stats, dtype=np.float64)
+
+
+def extract(
+    prepared: Path, model: torch.nn.Module, normalize: Normalize, size: int, per_class: int = 3
+) -> Audited:
+    """One pass over the dataset, a batch at a time: every view's features and the statistics."""
+    labels, folds, sources, trivial = [], [], [], []
+    features: dict[str, list[np.ndarray]] = {"whole": [], "border": [], "centre": []}
+    examples: dict[int, list[tuple[np.ndarray, str]]] = {0: [], 1: []}
+    for batch in _batches(prepared):
+        rows = batch.to_pydict()
+        decoded = [decode_jpeg(data) for data in rows["image"]]
+        pixels = _square(decoded, size)
+        count = len(decoded)
+        batch_sources = rows.get("source", ["?"] * count)
+        for view, shown in (
+            ("whole", pixels),
+            ("border", border_only(pixels)),
+            ("centre", centre_only(pixels)),
+        ):
+            features[view].append(_features(shown, model, normalize))
+        trivial.append(_trivial(decoded, rows))
+        labels += rows["label"]
+        folds += rows["fold"]
+        sources += batch_sources
+        for image, label, source in zip(pixels, rows["label"], batch_sources, strict=True):
+            if len(examples[label]) < per_class:
+                examples[label].append((image, source))
+    chosen = examples[0] + examples[1]
+    return Audited(
+        np.asarray(labels),
+        np.asarray(folds),
+        np.asarray(sources),
+        np.vstack(trivial),
+        {view: np.concatenate(parts) for view, parts in features.items()},
+        np.stack([image for image, _ in chosen]),
+        np.array([0] * len(examples[0]) + [1] * len(examples[1])),
+        np.array([source for _, source in chosen]),
     )
 
 
@@ -116,13 +160,10 @@ def centre_only(pixels: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def features(pixels: np.ndarray, model: torch.nn.Module, normalize: Normalize, batch: int = 64) -> np.ndarray:
+def _features(pixels: np.ndarray, model: torch.nn.Module, normalize: Normalize) -> np.ndarray:
     """Pooled frozen features of uint8 NHWC images."""
-    out = []
-    for start in range(0, len(pixels), batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(pixels[start : start + batch].transpose(0, 3, 1, 2)))
-        out.append(model.forward_head(model.forward_features(normalize(chunk)), pre_logits=True).numpy())
-    return np.concatenate(out)
+    batch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))
+    return model.forward_head(model.forward_features(normalize(batch)), pre_logits=True).numpy()
 
 
 def out_of_fold_scores(x: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
@@ -133,9 +174,9 @@ def out_of_fold_scores(x: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> 
 
 def verdict(view: str, auc: float) -> str:
     if view in ("whole", "centre"):
-        return "the lesion (and what it shows) predicts the label" if auc >= WARN_AT else "weak signal"
+        return "predicts the label (expected: the lesion is in view)" if auc >= WARN_AT else "weak signal"
     if auc >= WARN_AT:
-        return f"WARNING: the label is predictable without the lesion ({DESCRIPTIONS[view]})"
+        return "WARNING: the label is predictable without the lesion"
     if auc >= 0.6:
         return "some signal without the lesion: watch it"
     return "little signal without the lesion"
@@ -148,34 +189,24 @@ def audit(
     size: int | None = None,
     resamples: int = 1000,
     seed: int = 0,
-) -> tuple[dict, Images]:
-    """Every view's out-of-fold ROC-AUC with its interval and verdict, and the images audited."""
+) -> tuple[dict, Audited]:
+    """Every view's out-of-fold ROC-AUC with its interval and verdict, and what was audited."""
     manifest = read_manifest(prepared)
     size = size or manifest["image_size"]
-    images = load_images(prepared, size)
-    if len(set(images.labels.tolist())) < 2:
-        raise UserError(f"{prepared}: the shortcut audit needs both classes")
     cfg = input_config(backbone)
     model = create_backbone(backbone, weights, num_classes=2).eval()
-    normalize = Normalize(cfg.mean, cfg.std, torch.device("cpu"))
-    inputs: dict[str, np.ndarray] = {}
-    for view, pixels in (
-        ("whole", images.pixels),
-        ("border", border_only(images.pixels)),
-        ("centre", centre_only(images.pixels)),
-    ):
-        log.info("shortcut audit: %s features of %d images", view, len(pixels))
-        inputs[view] = features(pixels, model, normalize)
-    trivial = images.stats if images.sizes is None else np.hstack([np.log(images.sizes), images.stats])
-    inputs["trivial"] = trivial
-    several = len(set(images.sources.tolist())) > 1
-    if several:
-        inputs["source"] = OneHotEncoder().fit_transform(images.sources.reshape(-1, 1)).toarray()
+    log.info("shortcut audit of %s: %s features at %d px", prepared, backbone, size)
+    found = extract(prepared, model, Normalize(cfg.mean, cfg.std, torch.device("cpu")), size)
+    if len(set(found.labels.tolist())) < 2:
+        raise UserError(f"{prepared}: the shortcut audit needs both classes")
+    inputs = {**found.features, "trivial": found.trivial}
+    if len(set(found.sources.tolist())) > 1:
+        inputs["source"] = OneHotEncoder().fit_transform(found.sources.reshape(-1, 1)).toarray()
     rows = {}
     for view, x in inputs.items():
-        scores = out_of_fold_scores(x, images.labels, images.folds)
-        auc = roc_auc(images.labels, scores)
-        low, high = bootstrap(images.labels, scores, lambda y, s: {"auc": roc_auc(y, s)}, resamples, seed)[
+        scores = out_of_fold_scores(x, found.labels, found.folds)
+        auc = roc_auc(found.labels, scores)
+        low, high = bootstrap(found.labels, scores, lambda y, s: {"auc": roc_auc(y, s)}, resamples, seed)[
             "auc"
         ]
         rows[view] = {
@@ -185,40 +216,45 @@ def audit(
             "what": DESCRIPTIONS[view],
             "verdict": verdict(view, auc),
         }
-    warnings = [view for view in NOT_LESION if view in rows and rows[view]["auc"] >= WARN_AT]
     result = {
         "prepared": str(prepared),
-        "images": int(len(images.labels)),
-        "malignant": int(images.labels.sum()),
+        "images": int(len(found.labels)),
+        "malignant": int(found.labels.sum()),
         "per_source": {
             name: {
-                "images": int((images.sources == name).sum()),
-                "malignant": int(images.labels[images.sources == name].sum()),
+                "images": int((found.sources == name).sum()),
+                "malignant": int(found.labels[found.sources == name].sum()),
             }
-            for name in dict.fromkeys(images.sources.tolist())
+            for name in dict.fromkeys(found.sources.tolist())
         },
-        "features": f"{backbone} ({weights} weights), {size} px, pooled",
+        "features": features_label(backbone, weights, size),
         "classifier": "standardised logistic regression (C=0.1), out-of-fold on the dataset's folds",
         "views": rows,
-        "warnings": warnings,
-        "original_size_recorded": images.sizes is not None,
+        "warnings": [view for view in NOT_LESION if view in rows and rows[view]["auc"] >= WARN_AT],
+        "original_size_recorded": found.trivial.shape[1] == 7,
     }
-    return result, images
+    return result, found
 
 
-def to_table(result: dict) -> str:
+def features_label(backbone: str, weights: str, size: int) -> str:
+    return f"{backbone} ({weights} weights), {size} px, pooled"
+
+
+def views_table(result: dict):
+    """One row per view: what the classifier saw, its ROC-AUC with the interval, the verdict."""
     import pandas as pd
 
-    rows = [
-        {
-            "view": view,
-            "what the classifier sees": row["what"],
-            "ROC-AUC [95% CI]": f"{row['auc']:.3f} [{row['low']:.3f}, {row['high']:.3f}]",
-            "verdict": row["verdict"],
-        }
-        for view, row in result["views"].items()
-    ]
-    return to_markdown(pd.DataFrame(rows))
+    return pd.DataFrame(
+        [
+            {
+                "view": view,
+                "what the classifier sees": row["what"],
+                "ROC-AUC [95% CI]": f"{row['auc']:.3f} [{row['low']:.3f}, {row['high']:.3f}]",
+                "verdict": row["verdict"],
+            }
+            for view, row in result["views"].items()
+        ]
+    )
 
 
 def headline(result: dict) -> str:
@@ -232,26 +268,29 @@ def headline(result: dict) -> str:
     return "No strong shortcut found: nothing but the lesion predicts the label at ROC-AUC >= 0.70."
 
 
-def picture(images: Images, path: Path, per_class: int = 3) -> None:
+def picture(found: Audited, path: Path) -> None:
     """Examples of each class as the `whole`, `border` and `centre` views see them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    chosen = [i for label in (0, 1) for i in np.flatnonzero(images.labels == label)[:per_class]]
-    views = {"whole": images.pixels[chosen], "border": border_only(images.pixels[chosen])}
-    views["centre"] = centre_only(images.pixels[chosen])
-    figure, axes = plt.subplots(3, len(chosen), figsize=(1.8 * len(chosen), 5.8), squeeze=False)
+    views = {
+        "whole": found.examples,
+        "border": border_only(found.examples),
+        "centre": centre_only(found.examples),
+    }
+    columns = len(found.examples)
+    figure, axes = plt.subplots(3, columns, figsize=(1.8 * columns, 5.8), squeeze=False)
     for row, (view, pixels) in enumerate(views.items()):
-        for column, index in enumerate(chosen):
+        for column in range(columns):
             axis = axes[row][column]
             axis.imshow(pixels[column])
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
-                label = "malignant" if images.labels[index] else "benign"
-                axis.set_title(f"{label}\n{images.sources[index]}", fontsize=8)
+                label = "malignant" if found.example_labels[column] else "benign"
+                axis.set_title(f"{label}\n{found.example_sources[column]}", fontsize=8)
             if column == 0:
                 axis.set_ylabel(view)
     figure.tight_layout()
@@ -259,14 +298,49 @@ def picture(images: Images, path: Path, per_class: int = 3) -> None:
     plt.close(figure)
 
 
-def write(result: dict, images: Images, out: Path) -> Path:
+def write(result: dict, found: Audited, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / AUDIT_FILE).write_text(json.dumps(result, indent=2))
-    picture(images, out / "shortcuts.png")
-    text = f"# Shortcut audit of {result['prepared']}\n\n{headline(result)}\n\n{to_table(result)}\n"
+    picture(found, out / "shortcuts.png")
+    table = to_markdown(views_table(result))
+    text = f"# Shortcut audit of {result['prepared']}\n\n{headline(result)}\n\n{table}\n"
     text += f"\nFeatures: {result['features']}; {result['classifier']}.\n"
     (out / "shortcuts.md").write_text(text)
     return out / "shortcuts.md"
+
+
+def audited(prepared: Path, out: Path) -> dict:
+    """The audit of `prepared` with the default extractor, written to `out`. A prepared dataset never
+    changes, so an audit kept in its `shortcuts/` folder (same extractor and size) is reused, and a
+    new one is kept there when the folder can be written."""
+    cached = Path(prepared) / "shortcuts"
+    wanted = features_label("efficientnet_lite0", "package", read_manifest(prepared)["image_size"])
+    if (cached / AUDIT_FILE).is_file() and json.loads((cached / AUDIT_FILE).read_text())[
+        "features"
+    ] == wanted:
+        shutil.copytree(cached, out, dirs_exist_ok=True)
+    else:
+        result, found = audit(Path(prepared))
+        write(result, found, out)
+        try:
+            write(result, found, cached)
+        except OSError:
+            log.info("%s cannot be written: the shortcut audit is kept in %s only", prepared, out)
+    return json.loads((Path(out) / AUDIT_FILE).read_text())
+
+
+def report_section(result: dict, folder: Path):
+    """The audit as a section of the evaluation report."""
+    from orchestrator.report import Section
+
+    caption = "What the whole, border and centre views see (benign and malignant examples)"
+    return Section(
+        "Shortcut audit of the training data",
+        headline(result),
+        views_table(result),
+        folder / "shortcuts.png",
+        caption,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, help="folder for shortcuts.json/.md/.png (default: PREPARED/shortcuts)"
     )
     args = parser.parse_args(argv)
-    result, images = audit(args.prepared, args.backbone, args.weights, args.size, args.bootstrap)
-    markdown = write(result, images, args.out or args.prepared / "shortcuts")
+    result, found = audit(args.prepared, args.backbone, args.weights, args.size, args.bootstrap)
+    markdown = write(result, found, args.out or args.prepared / "shortcuts")
     print(markdown.read_text())
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,18 @@ POSITIVE_NAMES = ("malignant", "melanoma", "mel")
 BINARY_CLASSES = ["benign", "malignant"]
 ONE_HOT_MALIGNANT = frozenset({"MEL", "BCC", "SCC", "AKIEC", "AK"})
 META_FIELDS = ("diagnosis", "patient_id", "lesion_id", "age", "sex", "site")
+
+
+SOURCE_NAME = r"^[A-Za-z][A-Za-z0-9._-]*$"  # starts with a letter: never read as a fold number
+
+
+def check_source_name(name: str) -> str:
+    if not re.fullmatch(SOURCE_NAME, name):
+        raise UserError(
+            f"source name {name!r}: use letters, digits, '.', '_' or '-', "
+            "starting with a letter (e.g. isic2017)"
+        )
+    return name
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from orchestrator import leaderboard
+from orchestrator import leaderboard, shortcuts
 from orchestrator.config import SourceSpec, Spec, load_spec, split_of
 from orchestrator.errors import UserError, run_cli
 from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest, source_names
@@ -44,7 +44,9 @@ DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU
 DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
 RUN_RECORD = "run.json"
 LEADERBOARD = "leaderboard"
-PREPARED_COPIES = "prepared"  # beside the runs in remote storage, where every node can read them
+PREPARED_COPIES = "prepared"
+SHORTCUTS = "shortcuts"  # the shortcut audit's files in the run folder
+AUDIT_FILE = shortcuts.AUDIT_FILE  # beside the runs in remote storage, where every node can read them
 
 
 class LastEpochASHA(ASHAScheduler):
@@ -64,14 +66,16 @@ class LastEpochASHA(ASHAScheduler):
 
 
 def preflight(spec: Spec) -> None:
-    """Everything that can be checked before Ray starts: backbones and their weights. A weights
-    mapping may name backbones the grid does not search (a narrowed grid), but no unknown ones."""
+    """Everything that can be checked before Ray starts: backbones, their weights, test sources. A
+    weights mapping may name backbones the grid does not search (a narrowed grid), but no unknown ones."""
     if isinstance(spec.train.weights, dict):
         for name in spec.train.weights:
             if name != "default":
                 check_backbone(name)
     for backbone in spec.backbones():
         check_weights(backbone, WeightSource.parse(spec.train.weights_for(backbone)))
+    tests = [test.source() for test in spec.evaluation.test if isinstance(test, SourceSpec)]
+    read_sources(tests)  # a test source that cannot be read fails now, not after the training
 
 
 def prepared_dataset(spec: Spec) -> Path:
@@ -102,11 +106,6 @@ def with_dataset(spec: Spec, prepared: Path) -> Spec:
     prepared (de-duplicated against the training data, at its image size)."""
     manifest = read_manifest(prepared)
     data = spec.data.with_sources(source_names(manifest))
-    if data.val_sources and spec.scheduler.type == "asha":
-        raise UserError(
-            "trials validated on different held-out sources cannot be compared by ASHA; "
-            "use scheduler: {type: fifo} with data.val_source"
-        )
     tests = [test_dataset(test, prepared, manifest, spec.data.cache) for test in spec.evaluation.test]
     evaluation = spec.evaluation.model_copy(update={"test": tests})
     return spec.model_copy(update={"data": data, "evaluation": evaluation})
@@ -281,6 +280,8 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         run.write_atomic(RUN_RECORD, json.dumps(record, indent=2).encode())
     local_dir = staging_dir(run_name) if run.remote else Path(run.uri)
     manifest = json.loads(Storage(shared).read_text(MANIFEST))
+    if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
+        warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
     joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
     if not ray.is_initialized():
         ray.init(address=address, configure_logging=False)
@@ -301,8 +302,10 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
         if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
             prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
-        frame = evaluate_top_trials(frame, spec, prepared, local_dir)
-        publish(frame, spec, local_dir, run)
+        held_out = held_out_table(spec, frame, manifest)
+        sections = report_sections(held_out, local_dir)
+        frame = evaluate_top_trials(frame, spec, prepared, local_dir, sections)
+        publish(frame, spec, local_dir, run, held_out)
     except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
         why = err if isinstance(err, StorageError) else f"the storage failed: {reason(err)}"
         kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
@@ -311,6 +314,35 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
             f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
     return local_dir, frame
+
+
+def warn_about_shortcuts(result: dict) -> None:
+    (log.warning if result["warnings"] else log.info)("shortcut audit: %s", shortcuts.headline(result))
+
+
+def held_out_table(spec: Spec, frame: Any, manifest: dict) -> tuple[Any, str] | None:
+    """The leave-one-source-out leaderboard and its note (what each held-out source holds)."""
+    if not spec.data.val_sources:
+        return None
+    return leaderboard.by_held_out_source(frame), leaderboard.held_out_note(manifest, spec.data.val_sources)
+
+
+def report_sections(held_out: tuple[Any, str] | None, local_dir: Path) -> list:
+    """What the best trial's report adds to its own metrics: held-out sources, the shortcut audit."""
+    from orchestrator.report import Section
+
+    sections = []
+    if held_out is not None:
+        table, note = held_out
+        text = (
+            "Every configuration trained on the other sources and validated on each held-out one "
+            f"(final epoch), beside its in-source validation: the gap is how far the model travels. {note}"
+        )
+        sections.append(Section("Held-out sources", text, table))
+    if (local_dir / SHORTCUTS / AUDIT_FILE).exists():
+        result = json.loads((local_dir / SHORTCUTS / AUDIT_FILE).read_text())
+        sections.append(shortcuts.report_section(result, local_dir / SHORTCUTS))
+    return sections
 
 
 def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
@@ -334,15 +366,16 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
     )
 
 
-def publish(frame: Any, spec: Spec, local_dir: Path, run: Storage) -> None:
+def publish(frame: Any, spec: Spec, local_dir: Path, run: Storage, held_out: tuple[Any, str] | None) -> None:
     """Write the leaderboards (the cross-validation one first: `leaderboard.csv` marks a finished
     run) and, for remote storage, upload what the driver wrote, leaderboards last."""
     out = Storage(str(local_dir))
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, spec.scheduler.metric, spec.scheduler.resolved_mode)
         leaderboard.write(cv, out, f"{LEADERBOARD}-cv")
-    if spec.data.val_sources:
-        leaderboard.write(leaderboard.by_held_out_source(frame), out, f"{LEADERBOARD}-loso")
+    if held_out is not None:
+        table, note = held_out
+        leaderboard.write(table, out, f"{LEADERBOARD}-loso", note=note)
     leaderboard.write(frame, out, LEADERBOARD)
     if run.remote:
         files = sorted(local_dir.rglob("*"), key=lambda path: (path.name.startswith(LEADERBOARD), str(path)))
@@ -387,9 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
         print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
         print(leaderboard.to_markdown(cv))
-    if spec.data.val_sources:
-        print("\nLeave-one-source-out (final epoch ROC-AUC on each held-out source, worst first):\n")
-        print(leaderboard.to_markdown(leaderboard.by_held_out_source(frame)))
+    if (run_dir / f"{LEADERBOARD}-loso.md").exists():
+        print("\nHeld-out sources (final epoch ROC-AUC on each, worst first):\n")
+        print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
     print(f"TensorBoard: tensorboard --logdir {where}")
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from orchestrator.config import IN_SOURCE, Spec
 from orchestrator.evaluate import Options, evaluate_checkpoint
 from orchestrator.prepare import MANIFEST, read_manifest, source_names
 from orchestrator.storage import local_copy, staging_dir
+
+if TYPE_CHECKING:
+    from orchestrator.report import Section
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +63,21 @@ def warn_if_not_deduplicated(test: str, prepared: Path) -> None:
 
 
 def candidates(frame: pd.DataFrame) -> pd.DataFrame:
-    """Trials with a checkpoint, best first; the ones validated on folds of every source when there
-    are any (a held-out source ranks a different question: how far a model travels)."""
+    """Trials with a checkpoint validated on folds of every source, best first. A held-out source's
+    trials are left out: their best epoch and threshold were chosen on that source, so testing them
+    would report a score tuned on what it claims to generalise to."""
     found = frame[frame.get("checkpoint", pd.Series(dtype=object)).notna()]
-    in_source = found[found["val_source"] == IN_SOURCE] if "val_source" in found else found
-    return in_source if len(in_source) else found
+    return found[found["val_source"] == IN_SOURCE] if "val_source" in found else found
 
 
-def validation_data(prepared: Path, row: pd.Series) -> str:
-    """The trial's validation split as evaluation DATA: PREPARED@FOLD, or PREPARED@SOURCE."""
-    if row.get("val_source", IN_SOURCE) != IN_SOURCE:
-        return f"{prepared}@{row['val_source']}"
-    return f"{prepared}@{int(row['val_fold'])}"
-
-
-def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: Path) -> pd.DataFrame:
-    """The leaderboard with test columns for its `evaluation.top` best trials."""
+def evaluate_top_trials(
+    frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: Path, sections: list[Section] = ()
+) -> pd.DataFrame:
+    """The leaderboard with test columns for its `evaluation.top` best trials. With test sets, or
+    `sections` to report (a shortcut audit, held-out sources), the best trial gets a report."""
     internal = [f"{prepared}@{spec.data.test_fold}"] if spec.data.test_fold is not None else []
     tests = internal + spec.evaluation.test
-    if not tests:
+    if not tests and not sections:
         return frame
     for test in tests:
         warn_if_not_deduplicated(test, prepared)
@@ -85,14 +85,13 @@ def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir
 
     frame = frame.copy()
     tested = candidates(frame).head(spec.evaluation.top)
+    if tested.empty:
+        log.warning("no trial validated on folds of every source has a checkpoint: nothing to test")
+        return frame
     sources = source_names(read_manifest(prepared))
     for position, (index, row) in enumerate(tested.iterrows()):
-        validation = validation_data(prepared, row)
-        by_source = (
-            [f"{validation},{name}" for name in sources]
-            if row.get("val_source", IN_SOURCE) == IN_SOURCE
-            else []
-        )
+        validation = f"{prepared}@{int(row['val_fold'])}"
+        by_source = [f"{validation},{name}" for name in sources]
         data = [validation, *(by_source if len(sources) > 1 else []), *tests] if position == 0 else tests
         checkpoint = local_copy(row["checkpoint"], staging_dir("checkpoints"))  # from remote storage
         summary, scored = evaluate_checkpoint(
@@ -107,7 +106,7 @@ def evaluate_top_trials(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir
                 frame.loc[index, f"{prefix}_{metric}_low"] = cell["low"]
                 frame.loc[index, f"{prefix}_{metric}_high"] = cell["high"]
         if position == 0:
-            html = write_report(run_dir / REPORT, summary, scored)
+            html = write_report(run_dir / REPORT, summary, scored, sections)
             log.info("best trial's report: %s", html)
     write_tensorboard(frame, spec, run_dir)
     return frame
@@ -119,7 +118,7 @@ def write_tensorboard(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     from PIL import Image
     from tensorboardX import SummaryWriter
 
-    keys = list(spec.searched())
+    keys = [key for key in spec.searched() if key in frame]  # a run resumed from an older version
     with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
         for _, row in frame[frame["test_threshold"].notna()].iterrows():
             hparams = {key: _plain(row[key]) for key in keys}

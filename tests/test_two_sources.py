@@ -63,17 +63,17 @@ def sources_of(kaggle: Path, isic: Path) -> list[dict]:
     ]
 
 
-@needs_both
-def test_two_sources_make_one_dataset_with_a_source_column(tmp_path, two_sources):
+@pytest.fixture(scope="module")
+def both(tmp_path_factory, two_sources) -> tuple[Path, dict]:
     kaggle, isic = two_sources
-    out = tmp_path / "both"
-    manifest = prepare(
-        [Source("kaggle", kaggle, "folder-per-class"), Source("isic2017", isic, "isic2017")],
-        out,
-        image_size=64,
-        folds=4,
-        workers=1,
-    )
+    out = tmp_path_factory.mktemp("prepared") / "both"
+    sources = [Source("kaggle", kaggle, "folder-per-class"), Source("isic2017", isic, "isic2017")]
+    return out, prepare(sources, out, image_size=64, folds=4, workers=1)
+
+
+@needs_both
+def test_two_sources_make_one_dataset_with_a_source_column(both):
+    out, manifest = both
     table = pq.read_table(
         out / SHARDS, columns=["image_id", "label", "fold", "source", "also_in"]
     ).to_pandas()
@@ -92,6 +92,49 @@ def test_two_sources_make_one_dataset_with_a_source_column(tmp_path, two_sources
     assert len(per_fold) == 4 * 2 * 2 and per_fold.min() >= 3
     assert [s["name"] for s in manifest["sources"]] == ["kaggle", "isic2017"]
     assert manifest["sources"][1]["layout"] == "isic2017"
+
+
+@needs_both
+def test_a_held_out_source_is_all_of_validation_and_none_of_training(ray_local, both):
+    from orchestrator.pipeline import build_datasets, train_class_counts
+
+    out, manifest = both
+    datasets = build_datasets(out, -1, 64, "none", "none", val_source="isic2017", manifest=manifest)
+    rows = pq.read_table(out / SHARDS, columns=["label", "source"]).to_pandas()
+    val_labels = np.concatenate([b["label"] for b in datasets["val"].iter_batches(batch_format="numpy")])
+    train_labels = np.concatenate([b["label"] for b in datasets["train"].iter_batches(batch_format="numpy")])
+    held, others = rows[rows["source"] == "isic2017"], rows[rows["source"] != "isic2017"]
+    assert sorted(val_labels) == sorted(held["label"]) and sorted(train_labels) == sorted(others["label"])
+    counts = train_class_counts(manifest, -1, None, "isic2017")
+    assert counts == {0: int((others["label"] == 0).sum()), 1: int((others["label"] == 1).sum())}
+
+
+@needs_both
+def test_evaluation_data_selects_a_fold_a_source_or_both(both):
+    from orchestrator.evaluate import resolve_data
+
+    out, _ = both
+    assert resolve_data(f"{out}@1,isic2017", 64, out)[2:] == (1, "isic2017")
+    assert resolve_data(f"{out}@kaggle", 64, out)[2:] == (None, "kaggle")
+    for bad, message in (
+        ("@isic2018", "no source 'isic2018'"),
+        ("@0,1", "one fold, one source"),
+        ("@", "one fold"),
+    ):
+        with pytest.raises(UserError, match=message):
+            resolve_data(f"{out}{bad}", 64, out)
+
+
+@needs_both
+def test_val_source_all_resolves_against_a_prepared_datasets_sources(both):
+    out, _ = both
+    base = {"search": {"backbone": "efficientnet_lite0", "lr": 1e-3}, "train": {"epochs": 1}, "name": "x"}
+    spec = parse_spec(
+        {**base, "data": {"prepared": str(out), "val_source": "all"}, "scheduler": {"type": "fifo"}}
+    )
+    assert spec.data.with_sources(["kaggle", "isic2017"]).val_sources == ["kaggle", "isic2017"]
+    with pytest.raises(UserError, match="val_source names isic2017; sources: kaggle"):
+        spec.data.model_copy(update={"val_source": "isic2017"}).with_sources(["kaggle", "other"])
 
 
 @needs_both
@@ -134,6 +177,9 @@ def test_held_out_sources_must_exist_and_exclude_a_test_fold():
     sources = [{"name": "a", "path": "a"}, {"name": "b", "path": "b"}]
     with pytest.raises(UserError, match="val_source names c; sources: a, b"):
         parse_spec({**base, "data": {"source": sources, "val_source": "c"}})
+    with pytest.raises(UserError, match="cannot be compared by ASHA; use scheduler: {type: fifo}"):
+        parse_spec({**base, "data": {"source": sources, "val_source": "a"}})
+    base["scheduler"] = {"type": "fifo"}
     with pytest.raises(UserError, match="test_fold cannot be combined with val_source"):
         parse_spec({**base, "data": {"source": sources, "val_source": "a", "test_fold": 4}})
     spec = parse_spec(
@@ -167,6 +213,7 @@ def study(ray_local, tmp_path_factory, two_sources):
                 "color": ["none", "shades_of_gray"],
                 "image_size": 64,
                 "cache": str(root / "prepared"),
+                "shortcut_audit": True,
             },
             "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
             "train": {"epochs": 1, "weights": "package"},
@@ -233,8 +280,13 @@ def test_the_best_in_source_trial_is_tested_on_a_deduplicated_test_source(study)
     assert names[0].endswith("@0") and names[1].endswith("@0,kaggle") and names[2].endswith("@0,isic2017")
     assert (
         summary["datasets"][names[1]]["images"] + summary["datasets"][names[2]]["images"]
-        == (summary["datasets"][names[0]]["images"])
+        == summary["datasets"][names[0]]["images"]
     )
+    page = (run_dir / "report" / "report.html").read_text()
+    assert "Held-out sources" in page and "Shortcut audit of the training data" in page
+    assert page.count('<img src="data:image/png;base64,') >= 4  # the audit's picture is inlined too
+    audit = json.loads((run_dir / "shortcuts" / "shortcuts.json").read_text())
+    assert set(audit["views"]) == {"whole", "border", "centre", "trivial", "source"}
 
 
 def test_colour_constancy_undoes_a_colour_cast():
