@@ -151,6 +151,10 @@ def configuration_keys(frame: pd.DataFrame) -> list[str]:
     return [key for key in (*CONFIGURATION_AXES, "weights") if key in frame]
 
 
+# the score columns of `by_held_out_source` (the others name the configuration)
+HELD_OUT_SCORES = ("held_out_", "worst_held_out", "mean_held_out", "in_source_", "gap")
+
+
 def by_held_out_source(frame: pd.DataFrame, metric: str = "val_auc") -> pd.DataFrame:
     """Leave-one-source-out: one row per configuration with its final-epoch `metric` on each held-out
     source (trained on the others), their worst and mean, and beside them the in-source

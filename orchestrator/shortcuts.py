@@ -128,7 +128,7 @@ def extract(
         folds += rows["fold"]
         sources += batch_sources
         for image, label, source in zip(pixels, rows["label"], batch_sources, strict=True):
-            if len(examples[label]) < per_class:
+            if sum(shown == source for _, shown in examples[label]) < per_class:  # each source shown
                 examples[label].append((image, source))
     chosen = examples[0] + examples[1]
     return Audited(

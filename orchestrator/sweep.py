@@ -338,7 +338,14 @@ def report_sections(held_out: tuple[Any, str] | None, local_dir: Path) -> list:
             "Every configuration trained on the other sources and validated on each held-out one "
             f"(final epoch), beside its in-source validation: the gap is how far the model travels. {note}"
         )
-        sections.append(Section("Held-out sources", text, table))
+        scores = [c for c in table if c.startswith(leaderboard.HELD_OUT_SCORES)]
+        # the configuration's columns that differ (the weights are on the leaderboard), the scores
+        varying = [
+            c for c in table if c not in scores and c != "weights" and table[c].nunique(dropna=False) > 1
+        ]
+        if sum(c.startswith("held_out_") for c in scores) == 2:  # one source and its count: no worst/mean
+            scores = [c for c in scores if c not in ("worst_held_out", "mean_held_out")]
+        sections.append(Section("Held-out sources", text, table[varying + scores].round(3)))
     if (local_dir / SHORTCUTS / AUDIT_FILE).exists():
         result = json.loads((local_dir / SHORTCUTS / AUDIT_FILE).read_text())
         sections.append(shortcuts.report_section(result, local_dir / SHORTCUTS))
