@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.clinical import at_threshold, choose_threshold
-from orchestrator.evaluate import score
+from orchestrator.evaluation.clinical import at_threshold, choose_threshold
+from orchestrator.evaluation.evaluate import score
 from trainables.checkpoint import load_checkpoint
 from trainables.metrics import roc_auc
 

@@ -4,7 +4,7 @@
 
 Pooled features of the pretrained backbone (no augmentation, native size), a standardised
 logistic regression fitted on four folds and scored (ROC-AUC) on the fifth, for every fold of a
-dataset made by `orchestrator.prepare` (the same grouped folds the sweep uses).
+dataset made by `orchestrator.data.prepare` (the same grouped folds the sweep uses).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from orchestrator.prepare import SHARDS, read_manifest
-from orchestrator.presets import Preprocess
+from orchestrator.data.prepare import SHARDS, read_manifest
 from trainables.backbones import create_backbone, input_config
 from trainables.metrics import roc_auc
 from trainables.precision import Normalize
+from trainables.transforms import Preprocess
 
 
 @torch.no_grad()

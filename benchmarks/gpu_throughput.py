@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.config import PROJECT_ROOT, parse_spec
-from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
+from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.sweep import run_sweep
 from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups

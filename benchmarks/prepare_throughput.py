@@ -5,7 +5,7 @@
 Makes N 4000x3000 JPEGs from the bundled real sample (upscaled, with the original's detail),
 then times:
 - plain:    one process, Image.open -> convert("RGB") -> resize (shorter side to --size) -> JPEG;
-- prepare:  orchestrator.prepare with 1 and 2 worker processes (draft decoding, EXIF, hashing,
+- prepare:  orchestrator.data.prepare with 1 and 2 worker processes (draft decoding, EXIF, hashing,
             Parquet shards, audit and folds included);
 and prints images/s, the ratio per core, the second core's gain, and peak RSS of the prepare
 driver and its workers for N and 2N images (each in a fresh process).
@@ -54,7 +54,7 @@ def plain_loop(files: list[Path], size: int) -> float:
 PREPARE_IN_CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from orchestrator.prepare import prepare
+from orchestrator.data.prepare import prepare
 source, out, size, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 start = time.perf_counter()
 manifest = prepare(source, out, image_size=size, folds=2, workers=workers)

@@ -1,6 +1,6 @@
 """Check a Ray cluster launcher config offline, against Ray's own schema, listing every problem.
 
-    python -m orchestrator.cluster_config [cluster.yaml]
+    isic-cluster-check [cluster.yaml]
 
 Ray's own check (`ray up`) stops at the first problem and needs the cloud's SDK; this one needs
 neither: it reads the schema Ray ships (`ray/autoscaler/ray-schema.json`), reports every violation
@@ -82,9 +82,7 @@ def check(path: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.cluster_config", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="isic-cluster-check", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "config", nargs="?", type=Path, default=DEFAULT, help="default: the project's cluster.yaml"
     )
@@ -99,5 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-cluster-check` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

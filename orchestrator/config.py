@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.data.sources import LAYOUTS, SOURCE_NAME, Source
 from orchestrator.errors import UserError
-from orchestrator.sources import LAYOUTS, SOURCE_NAME, Source
 from orchestrator.storage import normalise
 from trainables.color import COLOR_METHODS
 
@@ -67,7 +67,9 @@ class DataSpec(Strict):
     source: Path | list[SourceSpec] | None = Field(
         None, description="raw images (one folder, or a list of named sources), prepared on first use"
     )
-    prepared: str | None = Field(None, description="a dataset made by orchestrator.prepare (folder or URI)")
+    prepared: str | None = Field(
+        None, description="a dataset made by orchestrator.data.prepare (folder or URI)"
+    )
     layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
     malignant: list[str] | None = Field(
         None, description="diagnoses called malignant (default: the source's rule)"

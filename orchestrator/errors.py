@@ -1,4 +1,4 @@
-"""The one error type for mistakes a user can fix, and the CLI wrapper that prints it."""
+"""The CLI wrapper that prints a UserError (defined in `trainables.errors`) as one line."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 import sys
 from collections.abc import Callable
 
+from trainables.errors import UserError
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+__all__ = ["UserError", "run_cli"]
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:

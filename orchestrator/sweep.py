@@ -28,15 +28,17 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from orchestrator import leaderboard, shortcuts
 from orchestrator.config import SourceSpec, Spec, load_spec, split_of
+from orchestrator.data import shortcuts
+from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest, source_names
+from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest, source_names
-from orchestrator.sources import read_sources
+from orchestrator.hub_check import check_weights
 from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
-from orchestrator.top_trials import evaluate_top_trials
-from orchestrator.trial import CHECKPOINTS, run_trial, trial_image_size
-from trainables.backbones import WeightSource, check_backbone, check_weights
+from orchestrator.tuning import leaderboard
+from orchestrator.tuning.top_trials import evaluate_top_trials
+from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
+from trainables.backbones import WeightSource, check_backbone
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +331,7 @@ def held_out_table(spec: Spec, frame: Any, manifest: dict) -> tuple[Any, str] | 
 
 def report_sections(held_out: tuple[Any, str] | None, local_dir: Path) -> list:
     """What the best trial's report adds to its own metrics: held-out sources, the shortcut audit."""
-    from orchestrator.report import Section
+    from orchestrator.evaluation.report import Section
 
     sections = []
     if held_out is not None:
@@ -391,9 +393,7 @@ def publish(frame: Any, spec: Spec, local_dir: Path, run: Storage, held_out: tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.sweep", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="isic-sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("spec", nargs="?", help="experiment spec (default: experiments/default.yaml)")
     parser.add_argument("--storage", help="where run folders go (overrides the spec's 'storage')")
     parser.add_argument("--address", help="Ray cluster to join, e.g. 'auto' (default: start a local one)")
@@ -457,5 +457,10 @@ def resumed_run(args: argparse.Namespace) -> tuple[Spec, str]:
     return spec, name
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-sweep` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -45,7 +45,7 @@ def small_source(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_prepared(tmp_path_factory, small_source) -> Path:
-    from orchestrator.prepare import prepare
+    from orchestrator.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "small"
     prepare(small_source, out, image_size=64, folds=4, seed=0, workers=1)

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageEnhance
 
-from orchestrator.audit import NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
-from orchestrator.duplicate_sheet import sheet
-from orchestrator.prepare import prepare, read_manifest
+from orchestrator.data.audit import NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
+from orchestrator.data.duplicate_sheet import sheet
+from orchestrator.data.prepare import prepare, read_manifest
 from tests.conftest import SAMPLE, SHARED_DATA, copy_subset, needs_shared
 
 

@@ -87,5 +87,5 @@ def test_hub_unreachable_fails_within_seconds(tmp_path, env):
 
 
 def test_prepare_cli_error(tmp_path):
-    done, _ = run("orchestrator.prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    done, _ = run("orchestrator.data.prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert_user_error(done, "data source not found")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from orchestrator.clinical import (
+from orchestrator.evaluation.clinical import (
     at_threshold,
     bootstrap,
     brier,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn import metrics as sk
 
-from orchestrator import evaluate, predict
-from orchestrator.clinical import choose_threshold
 from orchestrator.errors import UserError
+from orchestrator.evaluation import evaluate, predict
+from orchestrator.evaluation.clinical import choose_threshold
 from tests.conftest import SAMPLE
 from trainables.backbones import create_backbone, input_config
 from trainables.checkpoint import save_checkpoint

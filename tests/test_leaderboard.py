@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 
-from orchestrator.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
 from orchestrator.storage import Storage
+from orchestrator.tuning.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
 
 
 def test_markdown_table_escapes_pipes_and_blanks_nan():

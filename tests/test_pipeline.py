@@ -3,15 +3,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.pipeline import (
+from orchestrator.data.pipeline import (
     Oversample,
     build_datasets,
     class_weights,
     oversample_factors,
     train_class_counts,
 )
-from orchestrator.prepare import read_manifest
-from orchestrator.presets import Preprocess
+from orchestrator.data.prepare import read_manifest
+from trainables.transforms import Preprocess
 
 
 def test_oversample_factors_bring_classes_level():

@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from orchestrator.data.prepare import assign_folds, load_resized, prepare, read_manifest
 from orchestrator.errors import UserError
-from orchestrator.prepare import assign_folds, load_resized, prepare, read_manifest
 from tests.conftest import SAMPLE, copy_subset
 
 
@@ -108,7 +108,7 @@ def test_too_few_images_for_the_folds():
 
 
 def test_not_a_prepared_dataset(tmp_path):
-    with pytest.raises(UserError, match="orchestrator.prepare"):
+    with pytest.raises(UserError, match="orchestrator.data.prepare"):
         read_manifest(tmp_path)
 
 
@@ -119,7 +119,7 @@ def test_prepare_cli_writes_a_dataset(tmp_path, small_source):
     out = tmp_path / "cli"
     args = [str(small_source), "--out", str(out), "--size", "48", "--folds", "2", "--workers", "1"]
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.prepare", *args], capture_output=True, text=True
+        [sys.executable, "-m", "orchestrator.data.prepare", *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert read_manifest(out)["counts"]["total"] == 40 and '"unreadable": 0' in done.stdout

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from orchestrator.prepare import prepare
-from orchestrator.shortcuts import WARN_AT, main
+from orchestrator.data.prepare import prepare
+from orchestrator.data.shortcuts import WARN_AT, main
 from tests.conftest import SAMPLE
 
 PER_CLASS = 60

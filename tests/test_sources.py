@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.data.sources import detect_layout, read_source
 from orchestrator.errors import UserError
-from orchestrator.sources import detect_layout, read_source
 from tests.conftest import SAMPLE, SHARED_DATA, needs_shared
 
 IMAGES = sorted((SAMPLE / "benign").glob("*.jpg"))[:4] + sorted((SAMPLE / "malignant").glob("*.jpg"))[:4]
@@ -155,7 +155,7 @@ def test_real_isic2017_counts():
 def test_every_layout_has_a_dataset_card():
     import yaml
 
-    from orchestrator.sources import READERS
+    from orchestrator.data.sources import READERS
     from tests.conftest import ROOT
 
     cards = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "datasets" / "cards").glob("*.yaml")}
@@ -167,7 +167,7 @@ def test_every_layout_has_a_dataset_card():
 
 def test_a_spec_can_relabel_an_isic_source(tmp_path):
     from orchestrator.config import parse_spec
-    from orchestrator.prepare import read_manifest
+    from orchestrator.data.prepare import read_manifest
     from orchestrator.sweep import prepared_dataset
 
     rows = [["image_id", "melanoma", "seborrheic_keratosis"]]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator import leaderboard
 from orchestrator.errors import UserError
 from orchestrator.storage import Storage, StorageError, local_copy, normalise
+from orchestrator.tuning import leaderboard
 from tests.conftest import ROOT, free_port
 
 

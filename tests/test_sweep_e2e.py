@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.config import parse_spec
-from orchestrator.evaluate import evaluate_fold
+from orchestrator.evaluation.evaluate import evaluate_fold
 from orchestrator.sweep import run_sweep
 from tests.conftest import copy_subset
 

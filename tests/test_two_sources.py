@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.config import parse_spec
+from orchestrator.data.prepare import SHARDS, prepare
+from orchestrator.data.sources import Source
 from orchestrator.errors import UserError
-from orchestrator.evaluate import evaluate_fold
-from orchestrator.prepare import SHARDS, prepare
-from orchestrator.sources import Source
+from orchestrator.evaluation.evaluate import evaluate_fold
 from tests.conftest import SHARED_DATA, copy_subset, needs_shared, write_yaml
 from tests.test_cli_errors import assert_user_error, run
 
@@ -96,7 +96,7 @@ def test_two_sources_make_one_dataset_with_a_source_column(both):
 
 @needs_both
 def test_a_held_out_source_is_all_of_validation_and_none_of_training(ray_local, both):
-    from orchestrator.pipeline import build_datasets, train_class_counts
+    from orchestrator.data.pipeline import build_datasets, train_class_counts
 
     out, manifest = both
     datasets = build_datasets(out, -1, 64, "none", "none", val_source="isic2017", manifest=manifest)
@@ -111,7 +111,7 @@ def test_a_held_out_source_is_all_of_validation_and_none_of_training(ray_local, 
 
 @needs_both
 def test_evaluation_data_selects_a_fold_a_source_or_both(both):
-    from orchestrator.evaluate import resolve_data
+    from orchestrator.evaluation.evaluate import resolve_data
 
     out, _ = both
     assert resolve_data(f"{out}@1,isic2017", 64, out)[2:] == (1, "isic2017")
@@ -290,8 +290,8 @@ def test_the_best_in_source_trial_is_tested_on_a_deduplicated_test_source(study)
 
 
 def test_colour_constancy_undoes_a_colour_cast():
-    from orchestrator.presets import decode_jpeg
     from trainables.color import shades_of_gray
+    from trainables.transforms import decode_jpeg
 
     def chromaticity(image: np.ndarray) -> np.ndarray:  # colour without brightness
         values = image.astype(np.float64) + 1

@@ -21,7 +21,7 @@ from pathlib import Path
 import timm
 from torch import nn
 
-from orchestrator.errors import UserError
+from trainables.errors import UserError
 from trainables.package_weights import PACKAGE_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,9 @@ def input_config(name: str) -> InputConfig:
     return InputConfig(int(cfg.input_size[-1]), tuple(cfg.mean), tuple(cfg.std))
 
 
-def check_weights(name: str, source: WeightSource) -> None:
-    """Fail before any training starts when the weights for `name` cannot be had."""
+def check_local_weights(name: str, source: WeightSource) -> None:
+    """Fail when `file:` or `package` weights for `name` cannot be had (the hub is probed by the
+    driver: `orchestrator.hub_check`)."""
     check_backbone(name)
     model = timm_name(name)
     if source.kind == "file" and not source.path.is_file():
@@ -110,10 +111,6 @@ def check_weights(name: str, source: WeightSource) -> None:
             f"no packaged weights for {name}; packaged: {', '.join(PACKAGE_WEIGHTS)}. "
             "Use 'hub', 'file:PATH' or 'none'"
         )
-    if source.kind == "hub":
-        from trainables.hub import check_hub_weights
-
-        check_hub_weights(model)
 
 
 IMAGENET_CLASSES = 1000
@@ -142,7 +139,7 @@ def _create(name: str, weights: str | WeightSource, num_classes: int) -> nn.Modu
     source = WeightSource.parse(weights) if isinstance(weights, str) else weights
     check_backbone(name)
     if source.kind in ("file", "package"):
-        check_weights(name, source)
+        check_local_weights(name, source)
     name = timm_name(name)
     if source.kind == "none":
         log.warning("%s: random initialisation (weights: none) -- NOT pretrained", name)

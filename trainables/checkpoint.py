@@ -12,8 +12,8 @@ import timm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from orchestrator.errors import UserError
-from orchestrator.storage import Storage, StorageError
+from trainables.errors import UserError
+from trainables.storage import Storage, StorageError
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"

@@ -1,74 +1,23 @@
-"""timm's `hub` weights: a fast reachability check and a download with an actionable error.
-
-Without this, an offline machine retries for most of a minute before timm gives up, and it does
-so inside a Ray worker, once per trial. The check runs on the driver before any trial starts.
-"""
+"""timm's `hub` weights: a download with an actionable error. The driver checks beforehand that
+the hub can be reached (`orchestrator.hub_check`)."""
 
 from __future__ import annotations
 
-import os
-import urllib.error
-import urllib.request
-
 import timm
-from huggingface_hub import constants, try_to_load_from_cache
 from torch import nn
 
-from orchestrator.errors import UserError
-
-PROBE_TIMEOUT_S = 3.0
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+from trainables.errors import UserError
 
 
-def _ways_out(name: str) -> str:
+def ways_out(name: str) -> str:
     return (
         f"set weights for {name} to 'file:PATH' (a local .safetensors/.pth in timm's layout) "
         "or 'none' (random init); tf_efficientnet_lite0 also has 'package' (works offline)"
     )
 
 
-def _hub_repo(name: str) -> str:
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise UserError(f"timm has no pretrained weights for {name}; use 'file:PATH' or 'none'")
-    return cfg.hf_hub_id or cfg.url
-
-
-def is_cached(repo: str) -> bool:
-    if repo.startswith("http"):
-        filename = os.path.basename(repo)
-        return os.path.isfile(os.path.join(os.path.expanduser("~/.cache/torch/hub/checkpoints"), filename))
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in WEIGHT_FILES)
-
-
-def hub_unreachable_reason(repo: str) -> str | None:
-    """None when the hub answers within a few seconds, else why not."""
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    url = repo if repo.startswith("http") else f"{constants.ENDPOINT}/api/models/{repo}"
-    request = urllib.request.Request(url, method="HEAD")
-    try:
-        urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S).close()
-    except urllib.error.HTTPError:
-        return None  # the server answered; a 401/404 here is not a network problem
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        return f"{url}: {reason}"
-    return None
-
-
-def check_hub_weights(name: str) -> None:
-    """Raise a UserError within seconds when `name`'s hub weights are neither cached nor reachable."""
-    repo = _hub_repo(name)
-    if is_cached(repo):
-        return
-    reason = hub_unreachable_reason(repo)
-    if reason:
-        raise UserError(f"cannot reach the model hub for {name} weights ({reason}); {_ways_out(name)}")
-
-
 def create_from_hub(name: str, num_classes: int) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes)
     except OSError as err:  # huggingface_hub's offline / not-found errors are OSErrors
-        raise UserError(f"could not download {name} weights from the hub ({err}); {_ways_out(name)}") from err
+        raise UserError(f"could not download {name} weights from the hub ({err}); {ways_out(name)}") from err

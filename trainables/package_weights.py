@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from orchestrator.errors import UserError
+from trainables.errors import UserError
 
 STATE_ONLY_SUFFIX = "num_batches_tracked"
 

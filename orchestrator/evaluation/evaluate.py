@@ -1,7 +1,7 @@
 """Clinical evaluation of a checkpoint: metrics with bootstrap intervals, a decision threshold
 chosen on validation data, pictures and a report to open in a browser.
 
-    python -m orchestrator.evaluate CHECKPOINT DATA [DATA ...] [--threshold-from VAL_DATA] [--tta]
+    isic-evaluate CHECKPOINT DATA [DATA ...] [--threshold-from VAL_DATA] [--tta]
         [--threshold youden|sensitivity] [--target-sensitivity 0.9] [--bootstrap 1000] [--out DIR]
 
 DATA is a prepared dataset, `PREPARED@FOLD` for one of its folds, `PREPARED@SOURCE` for one of its
@@ -26,7 +26,9 @@ import pyarrow.dataset as pads
 import torch
 from torch import nn
 
-from orchestrator.clinical import (
+from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest
+from orchestrator.errors import UserError, run_cli
+from orchestrator.evaluation.clinical import (
     THRESHOLD_METHODS,
     Targets,
     at_threshold,
@@ -34,13 +36,11 @@ from orchestrator.clinical import (
     choose_threshold,
     threshold_free,
 )
-from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import MANIFEST, SHARDS, prepare, read_manifest
-from orchestrator.presets import Preprocess
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import load_checkpoint
 from trainables.precision import Normalize
 from trainables.train_loop import predict, validation_metrics
+from trainables.transforms import Preprocess
 
 BATCH = 64
 
@@ -235,9 +235,7 @@ def evaluate_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.evaluate", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="isic-evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint folder (model.safetensors + meta.json), or its URI")
     parser.add_argument(
         "data", nargs="+", help="PREPARED, PREPARED@FOLD, PREPARED@SOURCE, PREPARED@FOLD,SOURCE or raw images"
@@ -254,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<checkpoint>-<time>)")
     args = parser.parse_args(argv)
 
-    from orchestrator.report import write_report
+    from orchestrator.evaluation.report import write_report
 
     options = Options(
         args.threshold,
@@ -273,5 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-evaluate` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

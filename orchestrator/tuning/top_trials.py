@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from orchestrator.clinical import Targets
 from orchestrator.config import IN_SOURCE, Spec
-from orchestrator.evaluate import Options, evaluate_checkpoint
-from orchestrator.prepare import MANIFEST, read_manifest, source_names
+from orchestrator.data.prepare import MANIFEST, read_manifest, source_names
+from orchestrator.evaluation.clinical import Targets
+from orchestrator.evaluation.evaluate import Options, evaluate_checkpoint
 from orchestrator.storage import local_copy, staging_dir
 
 if TYPE_CHECKING:
-    from orchestrator.report import Section
+    from orchestrator.evaluation.report import Section
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def evaluate_top_trials(
         return frame
     for test in tests:
         warn_if_not_deduplicated(test, prepared)
-    from orchestrator.report import write_report
+    from orchestrator.evaluation.report import write_report
 
     frame = frame.copy()
     tested = candidates(frame).head(spec.evaluation.top)

@@ -1,6 +1,6 @@
 """Shortcut audit: how well can the label be predicted from what is NOT the lesion?
 
-    python -m orchestrator.shortcuts PREPARED [--backbone efficientnet_lite0] [--weights package]
+    isic-shortcuts PREPARED [--backbone efficientnet_lite0] [--weights package]
         [--size 128] [--bootstrap 1000] [--out DIR]
 
 A dataset whose classes come from different collections lets a model learn the collection (its
@@ -37,14 +37,14 @@ from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from orchestrator.clinical import bootstrap
+from orchestrator.data.prepare import SHARDS, read_manifest
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import SHARDS, read_manifest
-from orchestrator.presets import decode_jpeg
+from orchestrator.evaluation.clinical import bootstrap
 from orchestrator.tables import to_markdown
 from trainables.backbones import create_backbone, input_config
 from trainables.metrics import roc_auc
 from trainables.precision import Normalize
+from trainables.transforms import decode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def audited(prepared: Path, out: Path) -> dict:
 
 def report_section(result: dict, folder: Path):
     """The audit as a section of the evaluation report."""
-    from orchestrator.report import Section
+    from orchestrator.evaluation.report import Section
 
     caption = "What the whole, border and centre views see (benign and malignant examples)"
     return Section(
@@ -344,10 +344,8 @@ def report_section(result: dict, folder: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.shortcuts", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("prepared", type=Path, help="a dataset made by orchestrator.prepare")
+    parser = argparse.ArgumentParser(prog="isic-shortcuts", description=__doc__.split("\n\n")[0])
+    parser.add_argument("prepared", type=Path, help="a dataset made by orchestrator.data.prepare")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="frozen feature extractor")
     parser.add_argument("--weights", default="package", help="its weights: package, file:PATH, hub")
     parser.add_argument("--size", type=int, help="pixels (default: the dataset's image size)")
@@ -362,5 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-shortcuts` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

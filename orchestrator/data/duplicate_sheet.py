@@ -1,6 +1,6 @@
 """A contact sheet of duplicate pairs found by `prepare`, so a person can judge the threshold.
 
-    python -m orchestrator.duplicate_sheet PREPARED --out pairs.png [--pairs 24]
+    isic-duplicate-sheet PREPARED --out pairs.png [--pairs 24]
 
 Shows the near-duplicate pairs inside PREPARED, or, for a dataset prepared `--against` a
 reference, the pairs it dropped (its image beside the reference's), with their Hamming distance.
@@ -16,8 +16,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 from PIL import Image, ImageDraw
 
+from orchestrator.data.prepare import SHARDS, read_manifest
 from orchestrator.errors import UserError, run_cli
-from orchestrator.prepare import SHARDS, read_manifest
 
 TILE = 128
 LABEL = 14
@@ -74,9 +74,7 @@ def sheet(prepared: Path, out: Path, count: int = 24, columns: int = 4) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.duplicate_sheet", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="isic-duplicate-sheet", description=__doc__.split("\n\n")[0])
     parser.add_argument("prepared", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--pairs", type=int, default=24)
@@ -86,5 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-duplicate-sheet` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

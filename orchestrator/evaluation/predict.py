@@ -1,6 +1,6 @@
 """P(malignant) and the decision for images, with a checkpoint's stored threshold.
 
-    python -m orchestrator.predict CHECKPOINT IMAGES... [--out predictions.csv] [--threshold T] [--tta]
+    isic-predict CHECKPOINT IMAGES... [--out predictions.csv] [--threshold T] [--tta]
 
 IMAGES are files or folders (searched recursively for images). Unreadable files are listed in the
 output with their reason and do not stop the run.
@@ -17,14 +17,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from orchestrator.data.prepare import try_load
+from orchestrator.data.sources import IMAGE_SUFFIXES
 from orchestrator.errors import UserError, run_cli
-from orchestrator.evaluate import FlipRotateAverage
-from orchestrator.prepare import try_load
-from orchestrator.presets import Preprocess
-from orchestrator.sources import IMAGE_SUFFIXES
+from orchestrator.evaluation.evaluate import FlipRotateAverage
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import load_checkpoint
 from trainables.precision import Normalize
+from trainables.transforms import Preprocess
 
 BATCH = 32
 
@@ -82,9 +82,7 @@ def predict_paths(checkpoint: Path, paths: list[Path], tta: bool = False, progre
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.predict", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="isic-predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint folder, or its s3:// / gs:// URI")
     parser.add_argument("images", nargs="+", help="image files or folders")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
@@ -116,5 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-predict` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

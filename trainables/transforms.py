@@ -1,4 +1,5 @@
-"""Image transforms, in the spirit of torchvision's `references/classification/presets.py`.
+"""What Ray Data runs in its tasks: image transforms (in the spirit of torchvision's
+`references/classification/presets.py`) and the per-epoch oversampling of rare classes.
 
 `Preprocess` decodes the JPEG bytes of a batch and applies a preset; the same object runs inside
 Ray Data's `map_batches` and in local evaluation, so a checkpoint is scored exactly as it was
@@ -16,6 +17,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call at import
 
@@ -96,3 +98,21 @@ class Preprocess:
             "image": np.ascontiguousarray(images.transpose(0, 3, 1, 2)),
             "label": np.asarray(batch["label"], dtype=np.int64),
         }
+
+
+class Oversample:
+    """Repeat each row `factor` times on average: floor(factor) copies, plus one more with
+    probability equal to the fraction, drawn afresh every epoch (seeded like the augmentation)."""
+
+    def __init__(self, factors: dict[int, float], seed: int = 0) -> None:
+        self.factors = factors
+        self.seed = seed
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        labels = table.column("label").to_numpy()
+        ids = table.column("image_id").to_pylist()
+        rng = np.random.default_rng(batch_seed(self.seed, current_epoch(), ids))
+        factor = np.array([self.factors.get(int(label), 1.0) for label in labels])
+        copies = np.floor(factor).astype(np.int64)
+        copies += rng.random(len(factor)) < (factor - copies)
+        return table.take(pa.array(np.repeat(np.arange(len(labels)), copies)))

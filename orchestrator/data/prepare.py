@@ -6,7 +6,7 @@ orientation applied), in parallel, and streamed as JPEG bytes with its label, fo
 into Parquet shards. `manifest.json` records classes, counts per fold and class, unreadable files,
 shard hashes and the duplicate audit (see `audit.py`).
 
-    python -m orchestrator.prepare SOURCE [NAME=SOURCE ...] --out DIR [--size 224] [--folds 5]
+    isic-prepare SOURCE [NAME=SOURCE ...] --out DIR [--size 224] [--folds 5]
         [--seed 0] [--layout auto] [--malignant MEL,BCC] [--subfolder DIR] [--against PREPARED]
 
 Several sources make one dataset with a `source` column: an image found in two sources (the
@@ -36,9 +36,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from orchestrator.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
-from orchestrator.errors import UserError, run_cli
-from orchestrator.sources import (
+from orchestrator.data.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
+from orchestrator.data.sources import (
     BINARY_CLASSES,
     LAYOUTS,
     META_FIELDS,
@@ -47,6 +46,7 @@ from orchestrator.sources import (
     check_source_name,
     read_sources,
 )
+from orchestrator.errors import UserError, run_cli
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +488,7 @@ def read_manifest(prepared: Path) -> dict:
     if not path.is_file():
         raise UserError(
             f"{prepared} is not a prepared dataset (no {MANIFEST}); "
-            f"make one with: python -m orchestrator.prepare SOURCE --out {prepared}"
+            f"make one with: isic-prepare SOURCE --out {prepared}"
         )
     manifest = json.loads(path.read_text())
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -545,9 +545,7 @@ def parse_sources(items: list[str], layout: str, malignant: frozenset[str] | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.prepare", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="isic-prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "source",
         nargs="+",
@@ -586,5 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `isic-prepare` command."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -14,7 +14,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Spec, split_of
-from orchestrator.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
+from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
 from trainables.backbones import input_config, timm_name
 from trainables.train_loop import train_loop_per_worker
 

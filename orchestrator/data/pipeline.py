@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import ray.data
 
-from orchestrator.prepare import SHARDS, read_manifest
-from orchestrator.presets import Preprocess, batch_seed, current_epoch
+from orchestrator.data.prepare import SHARDS, read_manifest
+from trainables.transforms import Oversample, Preprocess
 
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
 
@@ -47,24 +45,6 @@ def class_weights(counts: dict[int, int]) -> list[float]:
     """Loss weight per class label, inversely proportional to its frequency (mean weight 1 per image)."""
     total = sum(counts.values())
     return [total / (len(counts) * counts[label]) if counts[label] else 0.0 for label in sorted(counts)]
-
-
-class Oversample:
-    """Repeat each row `factor` times on average: floor(factor) copies, plus one more with
-    probability equal to the fraction, drawn afresh every epoch (seeded like the augmentation)."""
-
-    def __init__(self, factors: dict[int, float], seed: int = 0) -> None:
-        self.factors = factors
-        self.seed = seed
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        labels = table.column("label").to_numpy()
-        ids = table.column("image_id").to_pylist()
-        rng = np.random.default_rng(batch_seed(self.seed, current_epoch(), ids))
-        factor = np.array([self.factors.get(int(label), 1.0) for label in labels])
-        copies = np.floor(factor).astype(np.int64)
-        copies += rng.random(len(factor)) < (factor - copies)
-        return table.take(pa.array(np.repeat(np.arange(len(labels)), copies)))
 
 
 def configure_data_context() -> None:

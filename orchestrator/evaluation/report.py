@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from orchestrator.clinical import at_threshold, calibration_bins  # noqa: E402
+from orchestrator.evaluation.clinical import at_threshold, calibration_bins  # noqa: E402
 from orchestrator.tables import to_markdown  # noqa: E402
 from trainables.metrics import roc_points  # noqa: E402
 

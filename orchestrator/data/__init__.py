@@ -1,0 +1,1 @@
+"""Data in: ISIC sources, preparation into Parquet shards, audits, and the Ray Data pipeline."""

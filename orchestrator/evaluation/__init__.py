@@ -1,0 +1,1 @@
+"""Scoring checkpoints: clinical metrics with intervals, thresholds, reports, and predict."""

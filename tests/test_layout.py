@@ -1,0 +1,39 @@
+"""The driver/worker split: `trainables/` (what runs in Ray workers and what a checkpoint needs)
+imports nothing from `orchestrator/` (the driver)."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import trainables
+
+BLOCK_ORCHESTRATOR = """
+import importlib, sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "orchestrator" or name.startswith("orchestrator."):
+            raise ImportError(f"trainables imported {name}")
+
+sys.meta_path.insert(0, Block())
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+"""
+
+
+def test_trainables_import_without_orchestrator():
+    modules = [f"trainables.{m.name}" for m in pkgutil.iter_modules(trainables.__path__)]
+    assert "trainables.train_loop" in modules and "trainables.checkpoint" in modules
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_ORCHESTRATOR, *modules], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_block_catches_an_orchestrator_import():
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_ORCHESTRATOR, "orchestrator.errors"], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "trainables imported orchestrator" in done.stderr
