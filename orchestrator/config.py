@@ -19,11 +19,13 @@ from orchestrator.data.sources import LAYOUTS, SOURCE_NAME, Source
 from orchestrator.errors import UserError
 from orchestrator.storage import normalise
 from trainables.color import COLOR_METHODS
+from trainables.optimizers import OPTIMIZERS
+from trainables.transforms import PRESETS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
 
-Optimizer = Literal["adam", "adamw", "sgd", "rmsprop"]
+Optimizer = Literal[OPTIMIZERS]
 Metric = Literal["val_auc", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss"]
 Color = Literal[COLOR_METHODS]
 SEARCHABLE = ("backbone", "lr", "optimizer", "batch_size", "weight_decay")
@@ -259,7 +261,7 @@ class EvaluationSpec(Strict):
 class Spec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     data: DataSpec
-    augment: Literal["standard", "none"] = "standard"
+    augment: Literal[PRESETS] = "standard"
     search: SearchSpec
     train: TrainSpec
     scheduler: SchedulerSpec = SchedulerSpec()

@@ -66,10 +66,21 @@ def batch_seed(seed: int, epoch: int, ids) -> int:
 
 
 def current_epoch() -> int:
-    """How many times this dataset has been executed before: the epoch, inside a Ray Data task."""
+    """How many times this dataset has been executed before: the epoch, inside a Ray Data task.
+
+    Ray Data has no public way to tell a task which execution it belongs to, and the alternatives
+    cost speed: one dataset per epoch (a split coordinator each, per trial) or augmenting on the
+    training process. So this reads the one private counter, pinned with Ray's version and checked
+    by `tests/test_pipeline.py` (repeatable across runs, different across epochs)."""
     import ray.data
 
-    return ray.data.DataContext.get_current()._execution_idx
+    context = ray.data.DataContext.get_current()
+    if not hasattr(context, "_execution_idx"):
+        raise RuntimeError(
+            f"ray {ray.__version__}: DataContext has no _execution_idx; seeded per-epoch augmentation "
+            "needs the Ray version pinned in pyproject.toml"
+        )
+    return context._execution_idx
 
 
 @dataclass
