@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 
 DEFAULT = Path(__file__).resolve().parent.parent / "cluster.yaml"
 
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The `isic-cluster-check` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

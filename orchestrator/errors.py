@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from trainables.errors import UserError
 
-__all__ = ["UserError", "run_cli"]
+__all__ = ["UserError", "command", "run_cli"]
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
@@ -23,3 +23,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def command(main: Callable[[list[str] | None], int | None]) -> Callable[[], None]:
+    """A console-script entry point running `main` through `run_cli`."""
+    return lambda: run_cli(main)

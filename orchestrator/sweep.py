@@ -32,7 +32,7 @@ from orchestrator.config import SourceSpec, Spec, load_spec, split_of
 from orchestrator.data import shortcuts
 from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest, source_names
 from orchestrator.data.sources import read_sources
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 from orchestrator.hub_check import check_weights
 from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
 from orchestrator.tuning import leaderboard
@@ -457,9 +457,7 @@ def resumed_run(args: argparse.Namespace) -> tuple[Spec, str]:
     return spec, name
 
 
-def cli() -> None:
-    """The `isic-sweep` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 from PIL import Image, ImageDraw
 
 from orchestrator.data.prepare import SHARDS, read_manifest
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 
 TILE = 128
 LABEL = 14
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The `isic-duplicate-sheet` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

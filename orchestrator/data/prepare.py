@@ -46,7 +46,7 @@ from orchestrator.data.sources import (
     check_source_name,
     read_sources,
 )
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 
 log = logging.getLogger(__name__)
 
@@ -584,9 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The `isic-prepare` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

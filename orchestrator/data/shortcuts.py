@@ -38,7 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from orchestrator.data.prepare import SHARDS, read_manifest
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import bootstrap
 from orchestrator.tables import to_markdown
 from trainables.backbones import create_backbone, input_config
@@ -360,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The `isic-shortcuts` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

@@ -234,26 +234,22 @@ def _read_table(
     return BINARY_CLASSES, _Index(root).resolve(rows, f"'{id_column}' table")
 
 
+# metadata column -> the name ISIC 2020 and the ISIC Archive give it
+ISIC_METADATA_COLUMNS = {
+    "diagnosis": "diagnosis",
+    "patient_id": "patient_id",
+    "age": "age_approx",
+    "sex": "sex",
+}
+
+
 def read_isic2020(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
-    columns = {
-        "diagnosis": "diagnosis",
-        "patient_id": "patient_id",
-        "age": "age_approx",
-        "sex": "sex",
-        "site": "anatom_site_general_challenge",
-    }
+    columns = {**ISIC_METADATA_COLUMNS, "site": "anatom_site_general_challenge"}
     return _read_table(root, malignant, "image_name", {"image_name", "benign_malignant"}, columns)
 
 
 def read_isic_archive(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
-    columns = {
-        "diagnosis": "diagnosis",
-        "patient_id": "patient_id",
-        "lesion_id": "lesion_id",
-        "age": "age_approx",
-        "sex": "sex",
-        "site": "anatom_site_general",
-    }
+    columns = {**ISIC_METADATA_COLUMNS, "lesion_id": "lesion_id", "site": "anatom_site_general"}
     return _read_table(root, malignant, "isic_id", {"isic_id", "benign_malignant"}, columns)
 
 

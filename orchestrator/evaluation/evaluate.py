@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import (
     THRESHOLD_METHODS,
     Targets,
@@ -271,9 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The `isic-evaluate` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":

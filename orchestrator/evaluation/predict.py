@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from orchestrator.data.prepare import try_load
 from orchestrator.data.sources import IMAGE_SUFFIXES
-from orchestrator.errors import UserError, run_cli
+from orchestrator.errors import UserError, command
 from orchestrator.evaluation.evaluate import FlipRotateAverage
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import load_checkpoint
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cli() -> None:
-    """The `isic-predict` command."""
-    run_cli(main)
+cli = command(main)  # the console script (pyproject.toml)
 
 
 if __name__ == "__main__":
