@@ -38,6 +38,15 @@ def copy_subset(destination: Path, per_class: int, source: Path = SAMPLE, skip: 
     return destination
 
 
+def checkpoint_meta(**fields):
+    """A checkpoint's meta.json content with every required field filled in; `fields` override."""
+    from trainables.checkpoint import CheckpointMeta
+
+    required = {"backbone": "test_efficientnet", "classes": ["benign", "malignant"], "image_size": 64}
+    required |= {"mean": [0.5] * 3, "std": [0.5] * 3, "metrics": {}}
+    return CheckpointMeta(**{**required, **fields})
+
+
 @pytest.fixture(scope="session")
 def small_source(tmp_path_factory) -> Path:
     return copy_subset(tmp_path_factory.mktemp("source"), per_class=20)

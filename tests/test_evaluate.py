@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,9 +14,10 @@ from sklearn import metrics as sk
 from orchestrator.errors import UserError
 from orchestrator.evaluation import evaluate, predict
 from orchestrator.evaluation.clinical import choose_threshold
-from tests.conftest import SAMPLE
+from tests.conftest import ROOT, SAMPLE
 from trainables.backbones import create_backbone, input_config
-from trainables.checkpoint import save_checkpoint
+from trainables.checkpoint import CheckpointMeta, save_checkpoint
+from trainables.inference import FlipRotateAverage
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +27,16 @@ def checkpoint(tmp_path_factory):
     model = create_backbone("test_efficientnet", "none", num_classes=2)
     torch.nn.init.normal_(model.get_classifier().weight, std=0.5)  # spread the scores out
     cfg = input_config("test_efficientnet")
-    meta = {
-        "backbone": "test_efficientnet",
-        "model": "test_efficientnet",
-        "classes": ["benign", "malignant"],
-        "image_size": 64,
-        "mean": list(cfg.mean),
-        "std": list(cfg.std),
-        "threshold": 0.45,
-        "metrics": {},
-    }
+    meta = CheckpointMeta(
+        backbone="test_efficientnet",
+        model="test_efficientnet",
+        classes=["benign", "malignant"],
+        image_size=64,
+        mean=list(cfg.mean),
+        std=list(cfg.std),
+        threshold=0.45,
+        metrics={},
+    )
     save_checkpoint(folder, model, meta)
     return folder
 
@@ -97,7 +100,7 @@ def test_tta_averages_probabilities_over_flips_and_rotations():
     views = [images, images.flip(3), images.flip(2), images.rot90(1, (2, 3)), images.rot90(3, (2, 3))]
     with torch.no_grad():
         expected = torch.stack([torch.softmax(model(v), 1) for v in views]).mean(0)
-        got = torch.softmax(evaluate.FlipRotateAverage(model)(images), 1)
+        got = torch.softmax(FlipRotateAverage(model)(images), 1)
     assert torch.allclose(got, expected, atol=1e-6)
 
 
@@ -132,3 +135,28 @@ def test_predict_lists_unreadable_files_and_agrees_with_evaluate(checkpoint, sma
         )
         assert row["p_malignant"] == pytest.approx(through_dataset[image_id], abs=1e-5)
     assert np.isfinite(scored["p_malignant"]).all()
+
+
+def test_evaluation_keeps_a_lesions_shape_and_centre():
+    """A round lesion on a 4:3 image stays round: shorter side resized, centre cropped, not squashed."""
+    import cv2
+
+    from trainables.transforms import eval_transform
+
+    image = np.zeros((300, 400, 3), np.uint8)
+    cv2.circle(image, (200, 150), 90, (255, 255, 255), -1)
+    out = eval_transform(64)(image=image)["image"]
+    assert out.shape == (64, 64, 3)
+    rows, cols = np.nonzero(out[..., 0] > 127)
+    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert abs(height - width) <= 1 and height == pytest.approx(90 * 2 * 64 / 300, abs=1.5)
+    assert rows.mean() == pytest.approx(31.5, abs=1) and cols.mean() == pytest.approx(31.5, abs=1)
+
+
+def test_scoring_a_checkpoint_does_not_import_the_training_loop():
+    code = (
+        "import sys, orchestrator.evaluation.evaluate, orchestrator.evaluation.predict; "
+        "print(sorted(m for m in sys.modules if m.startswith(('trainables.train_loop', 'ray.train'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"

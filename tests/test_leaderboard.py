@@ -1,9 +1,8 @@
-import json
-
 import pandas as pd
 
 from orchestrator.storage import Storage
 from orchestrator.tuning.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
+from tests.conftest import checkpoint_meta
 
 
 def test_markdown_table_escapes_pipes_and_blanks_nan():
@@ -22,13 +21,13 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
     ):
         (tmp_path / "trial1" / name).mkdir(parents=True)
         metrics = {"val_auc": auc, "val_loss": loss}
-        (tmp_path / "trial1" / name / "meta.json").write_text(json.dumps({"metrics": metrics}))
+        (tmp_path / "trial1" / name / "meta.json").write_text(checkpoint_meta(metrics=metrics).to_json())
     (tmp_path / "trial1" / "checkpoint_d").mkdir()  # being written: no meta.json yet
     cut_short = tmp_path / "trial1" / "checkpoint_e"
     cut_short.mkdir()
     (cut_short / "model.safetensors").write_bytes(b"\0" * 10)
-    meta = {"metrics": {"val_auc": 0.99, "val_loss": 0.1}, "files": {"model.safetensors": 100}}
-    (cut_short / "meta.json").write_text(json.dumps(meta))
+    meta = checkpoint_meta(metrics={"val_auc": 0.99, "val_loss": 0.1}, files={"model.safetensors": 100})
+    (cut_short / "meta.json").write_text(meta.to_json())
     kept = checkpoint_metas(Storage(str(tmp_path)))
     assert list(kept) == ["trial1"] and len(kept["trial1"]) == 3
     assert best_checkpoint(kept["trial1"], "val_auc", "max")[0] == str(tmp_path / "trial1" / "checkpoint_b")

@@ -8,6 +8,7 @@ import torch
 
 from orchestrator.config import load_spec
 from orchestrator.errors import UserError
+from tests.conftest import checkpoint_meta
 from trainables.backbones import create_backbone
 from trainables.checkpoint import load_checkpoint
 
@@ -35,7 +36,7 @@ def test_a_checkpoint_is_read_as_safetensors_only(tmp_path):
     marker = tmp_path / "was-run"
     folder = tmp_path / "checkpoint_000001"
     folder.mkdir()
-    (folder / "meta.json").write_text('{"backbone": "test_efficientnet", "classes": ["benign", "malignant"]}')
+    (folder / "meta.json").write_text(checkpoint_meta().to_json())
     (folder / "model.safetensors").write_bytes(pickle.dumps(Payload(str(marker))))  # not safetensors
     with pytest.raises(Exception, match="(?i)header|safetensor|deserializ"):
         load_checkpoint(folder)

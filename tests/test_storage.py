@@ -1,6 +1,7 @@
 """Storage: local folders and S3 (a real S3 API on loopback), atomic writes, clear errors."""
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from orchestrator.errors import UserError
 from orchestrator.storage import Storage, StorageError, local_copy, normalise
 from orchestrator.tuning import leaderboard
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, checkpoint_meta, free_port
 
 
 def test_storage_forms(tmp_path):
@@ -65,7 +66,7 @@ def test_s3_storage_round_trip(s3_server, monkeypatch, tmp_path):
     assert runs.listdir() == []  # the write check leaves nothing behind
     folder = tmp_path / "checkpoint_000001"
     (folder / "sub").mkdir(parents=True)
-    (folder / "meta.json").write_text('{"metrics": {"epoch": 1}}')
+    (folder / "meta.json").write_text(checkpoint_meta(metrics={"epoch": 1}).to_json())
     (folder / "sub" / "model.safetensors").write_bytes(b"\1" * 1000)
     runs.upload(folder, "run-1/checkpoints/t1/checkpoint_000001")
     runs.write_atomic("run-1/leaderboard.csv", b"rank,trial_id\n1,t1\n")
@@ -131,7 +132,7 @@ def test_newest_complete_checkpoint_skips_one_cut_short(tmp_path):
         folder = tmp_path / f"checkpoint_{epoch}"
         folder.mkdir()
         torch.save({"optimizer": {}}, folder / "training_state.pt")
-        save_checkpoint(folder, model, {"metrics": {"epoch": epoch}})
+        save_checkpoint(folder, model, checkpoint_meta(metrics={"epoch": epoch}))
     weights = tmp_path / "checkpoint_3" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])  # the copy of epoch 3 was cut short
     (tmp_path / "checkpoint_4").mkdir()
@@ -163,3 +164,33 @@ def test_prepared_dataset_from_s3_is_downloaded_once(s3_server, monkeypatch, tmp
     assert '"changed": 1' in (copy / "manifest.json").read_text()
     with pytest.raises(UserError, match="is not a prepared dataset"):
         local_prepared(f"s3://{bucket}/prepared/none", tmp_path / "cache")
+
+
+def test_checkpoint_meta_reads_older_checkpoints_and_names_a_missing_key(tmp_path):
+    from trainables.checkpoint import META_FILE, CheckpointMeta, read_meta
+
+    older = {  # what the first versions wrote: no model, colour, threshold or file sizes
+        "backbone": "resnet50",
+        "weights": "hub",
+        "classes": ["benign", "malignant"],
+        "image_size": 224,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "lr": 0.001,
+        "optimizer": "adam",
+        "metrics": {"epoch": 3, "val_auc": 0.9},
+    }
+    (tmp_path / META_FILE).write_text(json.dumps(older))
+    meta = read_meta(tmp_path)
+    assert (meta.model, meta.color, meta.threshold, meta.files) == ("resnet50", "none", 0.5, {})
+    assert meta.epoch == 3
+    written = json.loads(meta.to_json())
+    assert {key: written[key] for key in older} == older  # the same keys, the same values
+    assert CheckpointMeta.from_json(meta.to_json(), "again") == meta
+    del older["image_size"]
+    (tmp_path / META_FILE).write_text(json.dumps(older))
+    with pytest.raises(UserError, match=f"{tmp_path / META_FILE}.*'image_size'"):
+        read_meta(tmp_path)
+    (tmp_path / META_FILE).write_text('{"backbone": "resnet')
+    with pytest.raises(UserError, match="not valid JSON"):
+        read_meta(tmp_path)

@@ -8,7 +8,6 @@ precision and the device-side normalisation in `precision.py`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -26,8 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.backbones import create_backbone
-from trainables.checkpoint import META_FILE, newest_complete, read_meta, read_weights, save_checkpoint
+from trainables.checkpoint import (
+    META_FILE,
+    CheckpointMeta,
+    newest_complete,
+    read_meta,
+    read_weights,
+    save_checkpoint,
+)
 from trainables.finetune import param_groups, set_backbone_frozen, set_learning_rates, train_mode
+from trainables.inference import predict
 from trainables.metrics import binary_metrics, log_loss, youden_threshold
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
@@ -58,20 +65,6 @@ class NonFiniteLossError(RuntimeError):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches, normalize: Normalize, dtype: torch.dtype | None = None):
-    """Labels and P(positive class) for every example in `batches` (uint8 images)."""
-    model.eval()
-    labels, scores = [], []
-    device_type = normalize.mean.device.type
-    for batch in batches:
-        with torch.autocast(device_type, dtype=dtype) if dtype else nullcontext():
-            logits = model(normalize(batch["image"]))
-        labels.append(batch["label"].cpu().numpy())
-        scores.append(torch.softmax(logits.float(), dim=1)[:, -1].cpu().numpy())
-    return np.concatenate(labels), np.concatenate(scores)
 
 
 def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -207,15 +200,23 @@ def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as folder:
-        meta = {key: trainer.config[key] for key in META_KEYS}
-        meta["color"] = trainer.config.get("color", "none")  # evaluate and predict apply it too
-        meta["resumed_after_epoch"] = trainer.resumed_after_epoch  # 0: trained from the start
-        meta["node_id"] = ray.get_runtime_context().get_node_id()  # the Ray node that trained it
-        meta["metrics"] = metrics
-        meta["threshold"] = metrics["val_threshold"]  # the decision threshold picked on validation data
+        meta = _checkpoint_meta(trainer, metrics)
         torch.save(trainer.state(), Path(folder) / STATE_FILE)
         save_checkpoint(Path(folder), _unwrap(trainer.model), meta)  # meta.json records both files
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _checkpoint_meta(trainer: Trainer, metrics: dict) -> CheckpointMeta:
+    """What evaluate and predict need to score the model as validation did, and where it came from."""
+    config = trainer.config
+    return CheckpointMeta(
+        **{key: config[key] for key in META_KEYS},
+        metrics=metrics,
+        color=config.get("color", "none"),  # evaluate and predict apply it too
+        threshold=metrics["val_threshold"],  # the decision threshold picked on validation data
+        resumed_after_epoch=trainer.resumed_after_epoch,
+        node_id=ray.get_runtime_context().get_node_id(),
+    )
 
 
 def _resume(trainer: Trainer) -> tuple[int, dict | None]:
@@ -234,12 +235,13 @@ def _resume(trainer: Trainer) -> tuple[int, dict | None]:
     with checkpoint.as_directory() as folder:
         _unwrap(trainer.model).load_state_dict(read_weights(Path(folder)))
         trainer.load_state(torch.load(Path(folder) / STATE_FILE, weights_only=True))
-        metrics = read_meta(Path(folder))["metrics"]
+        metrics = read_meta(Path(folder)).metrics
     log.info("resumed from checkpoint after epoch %d", metrics["epoch"])
     return int(metrics["epoch"]), (metrics if unregistered else None)
 
 
 def _epoch_of(checkpoint: ray.train.Checkpoint) -> int:
     """The epoch a checkpoint was taken after, from its meta.json alone (no download)."""
-    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{META_FILE}") as stream:
-        return int(json.loads(stream.read())["metrics"]["epoch"])
+    path = f"{checkpoint.path}/{META_FILE}"
+    with checkpoint.filesystem.open_input_stream(path) as stream:
+        return CheckpointMeta.from_json(stream.read().decode(), path).epoch

@@ -2,8 +2,8 @@
 `references/classification/presets.py`) and the per-epoch oversampling of rare classes.
 
 `Preprocess` decodes the JPEG bytes of a batch and applies a preset; the same object runs inside
-Ray Data's `map_batches` and in local evaluation, so a checkpoint is scored exactly as it was
-validated. It hands over uint8 pixels: normalisation happens on the training device, which moves a
+Ray Data's `map_batches`, in `isic-evaluate` and in `isic-predict`, so a checkpoint is scored exactly
+as it was validated. It hands over uint8 pixels: normalisation happens on the training device, which moves a
 quarter of the bytes through Ray's object store and onto the GPU.
 
 Augmentation is seeded per batch from (seed, epoch, the batch's image ids): the same seed gives the
@@ -48,7 +48,20 @@ def train_transform(preset: str, size: int) -> A.Compose:
 
 
 def eval_transform(size: int) -> A.Compose:
-    return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)])
+    """Shorter side to `size`, then the centred `size` x `size` square, as torchvision's evaluation
+    presets do. Prepared images keep their aspect ratio (prepare resizes the shorter side), and
+    training crops keep it within 0.8-1.25 (`RandomResizedCrop`), so the model learns undistorted
+    lesions; a square resize would show it a 4:3 dermoscopy image squeezed by a third, changing the
+    lesion's shape (asymmetry and border are what separates melanoma). Dermoscopy centres the
+    lesion, so the crop removes mostly surrounding skin; it can cut the edge of a lesion larger than
+    the square, as training's crops (half the image or more) also do. Training with the preset
+    "none", validation, evaluation and predict all use this transform."""
+    return A.Compose(
+        [
+            A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
+            A.CenterCrop(size, size),
+        ]
+    )
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:

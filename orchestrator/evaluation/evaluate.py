@@ -37,9 +37,9 @@ from orchestrator.evaluation.clinical import (
     threshold_free,
 )
 from orchestrator.storage import local_copy, staging_dir
-from trainables.checkpoint import load_checkpoint
+from trainables.checkpoint import CheckpointMeta, load_checkpoint
+from trainables.inference import predict
 from trainables.precision import Normalize
-from trainables.train_loop import predict, validation_metrics
 from trainables.transforms import Preprocess
 
 BATCH = 64
@@ -81,23 +81,13 @@ def fold_batches(
         yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
 
 
-def preprocess_for(meta: dict) -> Preprocess:
+def preprocess_for(meta: CheckpointMeta) -> Preprocess:
     """Evaluation preprocessing as the checkpoint was trained: its input size and colour method."""
-    return Preprocess(meta["image_size"], color=meta.get("color", "none"))
+    return Preprocess(meta.image_size, color=meta.color)
 
 
-class FlipRotateAverage(nn.Module):
-    """Test-time augmentation: the mean P(class) over the image, its flips and its 90-degree rotations
-    (dermoscopy has no up or down), returned as log-probabilities so that softmax recovers the mean."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        views = [images, images.flip(3), images.flip(2), images.rot90(1, (2, 3)), images.rot90(3, (2, 3))]
-        probabilities = torch.stack([torch.softmax(self.model(v).float(), 1) for v in views]).mean(0)
-        return probabilities.clamp_min(1e-12).log()
+def normalize_for(meta: CheckpointMeta) -> Normalize:
+    return Normalize(meta.mean, meta.std, torch.device("cpu"))
 
 
 def evaluate_fold(
@@ -105,26 +95,25 @@ def evaluate_fold(
 ) -> dict[str, float]:
     """Validation metrics of `checkpoint` on `fold` (or `source`) of `prepared`, exactly as the train
     loop reports them."""
+    from trainables.train_loop import validation_metrics  # until it moves beside the other metrics
+
     model, meta = load_checkpoint(Path(checkpoint))
-    normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
     batches = fold_batches(prepared, fold, preprocess_for(meta), source=source)
-    labels, scores = predict(model, batches, normalize)
-    return validation_metrics(labels, scores)
+    return validation_metrics(*predict(model, batches, normalize_for(meta)))
 
 
 def score(
     model: nn.Module,
-    meta: dict,
+    meta: CheckpointMeta,
     name: str,
     prepared: Path,
     fold: int | None,
     tta: bool,
     source: str | None = None,
 ) -> Scored:
-    normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
     ids: list[str] = []
     batches = fold_batches(prepared, fold, preprocess_for(meta), ids=ids, source=source)
-    labels, scores = predict(FlipRotateAverage(model) if tta else model, batches, normalize)
+    labels, scores = predict(model, batches, normalize_for(meta), tta=tta)
     if len(labels) == 0:
         raise UserError(f"{name}: no images to evaluate")
     return Scored(name, ids, labels, scores)
@@ -197,10 +186,9 @@ def evaluate_checkpoint(
     """Score `checkpoint` on every DATA with the threshold chosen on `threshold_from` (or the stored
     one); return the summary (metrics with intervals, per dataset) and the predictions."""
     model, meta = load_checkpoint(Path(checkpoint))
-    size = meta["image_size"]
 
     def scored_on(text: str) -> Scored:
-        name, prepared, fold, source = resolve_data(text, size, cache)
+        name, prepared, fold, source = resolve_data(text, meta.image_size, cache)
         return score(model, meta, name, prepared, fold, options.tta, source)
 
     scored = [scored_on(text) for text in data]
@@ -215,11 +203,11 @@ def evaluate_checkpoint(
         )
         origin = f"chosen on {threshold_from} ({rule})"
     else:
-        threshold = float(meta.get("threshold", 0.5))
+        threshold = float(meta.threshold)
         origin = "stored in the checkpoint (Youden's J on its validation fold)"
     summary = {
         "checkpoint": str(checkpoint),
-        "backbone": meta["backbone"],
+        "backbone": meta.backbone,
         "threshold": threshold,
         "threshold_origin": origin,
         "tta": options.tta,

@@ -4,6 +4,14 @@
 
 IMAGES are files or folders (searched recursively for images). Unreadable files are listed in the
 output with their reason and do not stop the run.
+
+Each image takes the path a prepared dataset's images took: `prepare.try_load` (upright, shorter side
+resized, stored as JPEG bytes), then the checkpoint's evaluation `Preprocess`. The model was
+validated, and its threshold chosen, on pixels that went through that JPEG encode and decode; feeding
+it the same pixels makes `isic-predict` give the P(malignant) that `isic-evaluate` gives for the same
+image (a test holds them within 1e-5), where handing undecoded pixels to the transform would shift
+scores by the JPEG error near the threshold. The extra encode of a small image is cheap beside the
+forward pass.
 """
 
 from __future__ import annotations
@@ -20,10 +28,10 @@ from tqdm import tqdm
 from orchestrator.data.prepare import try_load
 from orchestrator.data.sources import IMAGE_SUFFIXES
 from orchestrator.errors import UserError, command
-from orchestrator.evaluation.evaluate import FlipRotateAverage
+from orchestrator.evaluation.evaluate import normalize_for, preprocess_for
 from orchestrator.storage import local_copy, staging_dir
-from trainables.checkpoint import load_checkpoint
-from trainables.precision import Normalize
+from trainables.checkpoint import CheckpointMeta, load_checkpoint
+from trainables.inference import predict
 from trainables.transforms import Preprocess
 
 BATCH = 32
@@ -45,38 +53,40 @@ def image_paths(items: list[str]) -> list[Path]:
 
 
 def batches(
-    paths: list[Path], size: int, failures: dict[Path, str], color: str = "none"
+    paths: list[Path], size: int, preprocess: Preprocess, failures: dict[Path, str]
 ) -> Iterator[tuple[int, list[Path], dict]]:
-    """(files looked at, files read, their uint8 batch); files that cannot be read go to `failures`."""
-    preprocess = Preprocess(size, color=color)
+    """(files looked at, files read, their uint8 batch or None); files that cannot be read go to
+    `failures`. Each file is loaded as prepare stores it (`size` is the checkpoint's input size)."""
     for start in range(0, len(paths), BATCH):
+        chunk = paths[start : start + BATCH]
         good, jpegs = [], []
-        for path in paths[start : start + BATCH]:
+        for path in chunk:
             loaded = try_load(path, size)
             if isinstance(loaded, str):
                 failures[path] = loaded
             else:
                 jpegs.append(loaded.jpeg)
                 good.append(path)
-        out = (
-            preprocess({"image": np.array(jpegs, dtype=object), "label": np.zeros(len(good))}) if good else {}
-        )
-        yield len(paths[start : start + BATCH]), good, out
+        if not good:
+            yield len(chunk), good, None
+            continue
+        out = preprocess({"image": np.array(jpegs, dtype=object), "label": np.zeros(len(good), np.int64)})
+        yield len(chunk), good, {key: torch.from_numpy(out[key]) for key in ("image", "label")}
 
 
-@torch.no_grad()
-def predict_paths(checkpoint: Path, paths: list[Path], tta: bool = False, progress: bool = True):
+def predict_paths(
+    checkpoint: Path, paths: list[Path], tta: bool = False, progress: bool = True
+) -> tuple[list[tuple[Path, float]], dict[Path, str], CheckpointMeta]:
     """[(path, P(malignant))], {path: reason} for unreadable files, and the checkpoint's meta."""
     model, meta = load_checkpoint(checkpoint)
-    scorer = FlipRotateAverage(model) if tta else model
-    normalize = Normalize(meta["mean"], meta["std"], torch.device("cpu"))
+    normalize = normalize_for(meta)
     failures: dict[Path, str] = {}
-    results = []
+    results: list[tuple[Path, float]] = []
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="predict") as bar:
-        for seen, good, batch in batches(paths, meta["image_size"], failures, meta.get("color", "none")):
-            if good:
-                logits = scorer(normalize(torch.from_numpy(batch["image"])))
-                results += zip(good, torch.softmax(logits.float(), 1)[:, -1].tolist(), strict=True)
+        for seen, good, batch in batches(paths, meta.image_size, preprocess_for(meta), failures):
+            if batch is not None:
+                _, scores = predict(model, [batch], normalize, tta=tta)
+                results += zip(good, scores.tolist(), strict=True)
             bar.update(seen)
     return results, failures, meta
 
@@ -92,13 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     paths = image_paths(args.images)
     checkpoint = local_copy(args.checkpoint, staging_dir("checkpoints"))
     results, failures, meta = predict_paths(checkpoint, paths, args.tta)
-    threshold = args.threshold if args.threshold is not None else float(meta.get("threshold", 0.5))
-    positive = meta["classes"][-1]
+    threshold = args.threshold if args.threshold is not None else float(meta.threshold)
+    positive = meta.positive_class
     with args.out.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", f"p_{positive}", "decision", "threshold", "error"])
         for path, probability in results:
-            decision = positive if probability >= threshold else meta["classes"][0]
+            decision = positive if probability >= threshold else meta.classes[0]
             writer.writerow([path, f"{probability:.6f}", decision, f"{threshold:.6f}", ""])
         for path, reason in failures.items():
             writer.writerow([path, "", "", "", reason])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from ray.tune import ResultGrid
 from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
-from trainables.checkpoint import is_complete
+from trainables.checkpoint import CheckpointMeta, is_complete
 
 REPORTED = [
     "val_auc",
@@ -51,9 +50,9 @@ def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
     for path in sizes:
         trial, folder, name = ([*path.split("/"), "", ""])[:3]
         if folder.startswith("checkpoint_") and name == "meta.json" and path.count("/") == 2:
-            meta = json.loads(checkpoints.read_text(path))
-            if is_complete(meta.get("files", {}), sizes, f"{trial}/{folder}"):
-                found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), meta["metrics"]))
+            meta = CheckpointMeta.from_json(checkpoints.read_text(path), checkpoints.uri_of(path))
+            if is_complete(meta.files, sizes, f"{trial}/{folder}"):
+                found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), meta.metrics))
     return found
 
 
