@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from orchestrator.data.prepare import SHARDS, read_manifest
+from orchestrator.data.dataset_format import SHARDS, read_manifest
 from trainables.backbones import create_backbone, input_config
 from trainables.metrics import roc_auc
 from trainables.precision import Normalize
@@ -56,7 +56,7 @@ def main() -> None:
     x, y, folds = features(args.prepared, args.backbone, args.weights, args.size)
     print(f"features {x.shape} in {time.perf_counter() - started:.0f} s")
     aucs = []
-    for fold in range(read_manifest(args.prepared)["folds"]):
+    for fold in range(read_manifest(args.prepared).folds):
         train, val = folds != fold, folds == fold
         classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
         classifier.fit(x[train], y[train])

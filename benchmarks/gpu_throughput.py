@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.config import PROJECT_ROOT, parse_spec
-from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest
+from orchestrator.data.dataset_format import MANIFEST, SHARDS
+from orchestrator.data.prepare import prepare
 from orchestrator.sweep import run_sweep
 from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups
@@ -72,7 +73,7 @@ def replicated_sample(size: int, copies: int, root: Path) -> Path:
     for copy in range(1, copies):
         for shard in shards:
             shutil.copy(shard, out / SHARDS / f"copy{copy}-{shard.name}")
-    manifest = read_manifest(out)
+    manifest = json.loads((out / MANIFEST).read_text())  # the file, rewritten with the new counts
     for per_class in manifest["counts"]["per_fold"].values():
         for name in per_class:
             per_class[name] *= copies

@@ -59,7 +59,7 @@ source, out, size, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[
 start = time.perf_counter()
 manifest = prepare(source, out, image_size=size, folds=2, workers=workers)
 seconds = time.perf_counter() - start
-print(json.dumps({"images": manifest["counts"]["total"], "seconds": seconds,
+print(json.dumps({"images": manifest.counts.total, "seconds": seconds,
     "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """

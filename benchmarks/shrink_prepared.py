@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from orchestrator.data.prepare import MANIFEST, SHARDS
+from orchestrator.data.dataset_format import MANIFEST, SHARDS
 
 
 def reencode(data: bytes, quality: int) -> bytes:

@@ -30,7 +30,15 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from orchestrator.config import SourceSpec, Spec, load_spec, split_of
 from orchestrator.data import shortcuts
-from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest, source_names
+from orchestrator.data.dataset_format import (
+    MANIFEST,
+    SHARDS,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+    source_names,
+)
+from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError, command
 from orchestrator.hub_check import check_weights
@@ -87,16 +95,16 @@ def prepared_dataset(spec: Spec) -> Path:
     if data.prepared is not None:
         local = local_prepared(data.prepared, data.cache)
         manifest = read_manifest(local)
-        if manifest["folds"] != data.folds:
+        if manifest.folds != data.folds:
             raise UserError(
-                f"{data.prepared} was prepared with {manifest['folds']} folds, the spec asks for "
-                f"{data.folds}; set data.folds: {manifest['folds']} or prepare again"
+                f"{data.prepared} was prepared with {manifest.folds} folds, the spec asks for "
+                f"{data.folds}; set data.folds: {manifest.folds} or prepare again"
             )
         return local
     size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
     name = "+".join(source.name for source in data.sources)
     out = data.cache / f"{name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
-    if (out / "manifest.json").exists():
+    if (out / MANIFEST).exists():
         log.info("using prepared dataset %s", out)
         return out
     prepare(data.sources, out, size, data.folds, data.seed)
@@ -113,7 +121,7 @@ def with_dataset(spec: Spec, prepared: Path) -> Spec:
     return spec.model_copy(update={"data": data, "evaluation": evaluation})
 
 
-def test_dataset(test: str | SourceSpec, prepared: Path, manifest: dict, cache: Path) -> str:
+def test_dataset(test: str | SourceSpec, prepared: Path, manifest: Manifest, cache: Path) -> str:
     """A test set as PREPARED[@FOLD]: a source entry is prepared once, `--against` the training data."""
     if not isinstance(test, SourceSpec):
         return test
@@ -123,10 +131,10 @@ def test_dataset(test: str | SourceSpec, prepared: Path, manifest: dict, cache: 
         f"{image.image_id}:{image.label}" for image in images
     )
     digest = hashlib.sha256(listing.encode()).hexdigest()[:10]
-    out = cache / f"{test.name}-{manifest['image_size']}px-against-{prepared.name}-{digest}"
+    out = cache / f"{test.name}-{manifest.image_size}px-against-{prepared.name}-{digest}"
     if not (out / MANIFEST).exists():
         log.info("preparing the test set %s against the training data %s", test.name, prepared)
-        prepare([source], out, manifest["image_size"], manifest["folds"], against=prepared)
+        prepare([source], out, manifest.image_size, manifest.folds, against=prepared)
     return str(out)
 
 
@@ -281,7 +289,7 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
     if not resume:  # written first: it is what --resume reads
         run.write_atomic(RUN_RECORD, json.dumps(record, indent=2).encode())
     local_dir = staging_dir(run_name) if run.remote else Path(run.uri)
-    manifest = json.loads(Storage(shared).read_text(MANIFEST))
+    manifest = parse_manifest(Storage(shared).read_text(MANIFEST), shared)
     if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
         warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
     joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
@@ -322,7 +330,7 @@ def warn_about_shortcuts(result: dict) -> None:
     (log.warning if result["warnings"] else log.info)("shortcut audit: %s", shortcuts.headline(result))
 
 
-def held_out_table(spec: Spec, frame: Any, manifest: dict) -> tuple[Any, str] | None:
+def held_out_table(spec: Spec, frame: Any, manifest: Manifest) -> tuple[Any, str] | None:
     """The leave-one-source-out leaderboard and its note (what each held-out source holds)."""
     if not spec.data.val_sources:
         return None

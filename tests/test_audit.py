@@ -7,8 +7,9 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageEnhance
 
 from orchestrator.data.audit import NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
+from orchestrator.data.dataset_format import read_manifest
 from orchestrator.data.duplicate_sheet import sheet
-from orchestrator.data.prepare import prepare, read_manifest
+from orchestrator.data.prepare import prepare
 from tests.conftest import SAMPLE, SHARED_DATA, copy_subset, needs_shared
 
 
@@ -47,7 +48,7 @@ def test_near_duplicates_share_a_fold_and_are_reported(tmp_path):
     for path in originals:  # the same photos again, smaller and re-encoded
         reencoded(Image.open(path), 180, 70).save(source / "malignant" / f"copy-{path.name}")
     manifest = prepare(source, tmp_path / "out", image_size=64, folds=3, workers=1)
-    clustered = manifest["audit"]["near_duplicate_clusters"]
+    clustered = manifest.audit.near_duplicate_clusters
     for path in originals:
         assert [f"malignant/{path.stem}", f"malignant/copy-{path.stem}"] in [sorted(c) for c in clustered]
     rows = pq.read_table(tmp_path / "out" / "shards", columns=["image_id", "fold"]).to_pydict()
@@ -63,7 +64,7 @@ def test_exact_copies_are_listed(tmp_path):
     first = sorted((source / "benign").glob("*.jpg"))[0]
     (source / "benign" / "again.jpg").write_bytes(first.read_bytes())
     manifest = prepare(source, tmp_path / "out", image_size=64, folds=2, workers=1)
-    assert [sorted(g) for g in manifest["audit"]["exact_duplicates"]] == [
+    assert [sorted(g) for g in manifest.audit.exact_duplicates] == [
         sorted([f"benign/{first.stem}", "benign/again"])
     ]
 
@@ -74,8 +75,8 @@ def test_against_drops_what_the_reference_already_has(tmp_path):
     )
     second = copy_subset(tmp_path / "b", per_class=16)  # its first 10 per class are the reference's
     manifest = prepare(second, tmp_path / "ext", image_size=64, folds=2, workers=1, against=tmp_path / "ref")
-    assert manifest["against"]["dropped"] == 20 and reference["counts"]["total"] == 20
-    assert manifest["counts"]["total"] == 12
+    assert manifest.against.dropped == 20 and reference.counts.total == 20
+    assert manifest.counts.total == 12
     assert (
         sheet(tmp_path / "ext", tmp_path / "dropped.png", count=6) == 6
     )  # dropped images come from the source
@@ -86,7 +87,7 @@ def grouped_fold_check(prepared):
     rows = pq.read_table(prepared / "shards", columns=["image_id", "label", "fold", "patient_id"]).to_pandas()
     manifest = read_manifest(prepared)
     fold = dict(zip(rows.image_id, rows.fold, strict=True))
-    for cluster in manifest["audit"]["near_duplicate_clusters"]:
+    for cluster in manifest.audit.near_duplicate_clusters:
         assert len({fold[i] for i in cluster if i in fold}) == 1
     overall = rows.label.mean()
     for _, part in rows.groupby("fold"):
@@ -99,14 +100,14 @@ def test_real_kaggle_audit_and_isic2017_as_an_external_set(tmp_path):
     kaggle = tmp_path / "kaggle"
     prepare(SHARED_DATA / "kaggle-isic-224" / "train", kaggle, image_size=224, folds=5, seed=0)
     rows, manifest = grouped_fold_check(kaggle)
-    pairs = {tuple(sorted(p[:2])) for p in manifest["audit"]["near_duplicate_pairs"]}
+    pairs = {tuple(sorted(p[:2])) for p in manifest.audit.near_duplicate_pairs}
     assert ("malignant/311", "malignant/315") in pairs and len(pairs) >= 50
     external = prepare(
         SHARED_DATA / "isic2017-256", tmp_path / "i17", image_size=224, folds=5, against=kaggle
     )
-    assert external["layout"] == "isic2017"
-    assert external["against"]["dropped"] > 100  # many ISIC 2017 melanomas are in the Kaggle set
-    assert external["counts"]["total"] == 2150 - external["against"]["dropped"]
+    assert external.layout == "isic2017"
+    assert external.against.dropped > 100  # many ISIC 2017 melanomas are in the Kaggle set
+    assert external.counts.total == 2150 - external.against.dropped
 
 
 def test_patient_groups_never_straddle_folds_and_folds_repeat_for_a_seed(tmp_path):
@@ -123,7 +124,7 @@ def test_patient_groups_never_straddle_folds_and_folds_repeat_for_a_seed(tmp_pat
         handle.writelines(",".join(r) + "\n" for r in rows)
     first = prepare(source, tmp_path / "a", image_size=64, folds=3, seed=1, workers=1)
     again = prepare(source, tmp_path / "b", image_size=64, folds=3, seed=1, workers=2)
-    assert first["layout"] == "isic2020" and "patient_id" in first["metadata_fields"]
+    assert first.layout == "isic2020" and "patient_id" in first.metadata_fields
     table = pq.read_table(tmp_path / "a" / "shards", columns=["patient_id", "fold"]).to_pandas()
     assert (table.groupby("patient_id")["fold"].nunique() == 1).all()
-    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
+    assert [s.sha256 for s in first.shards] == [s.sha256 for s in again.shards]

@@ -1,6 +1,7 @@
 """The fine-tuning policy and the precision choices, on CPU."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_frozen_backbone_trains_only_the_head_and_keeps_its_statistics(model):
     stats_before = model.bn1.running_mean.clone()
     stem_before = model.conv_stem.weight.clone()
     head_before = model.get_classifier().weight.clone()
-    policy = {"epochs": 4, "freeze_epochs": 1, "warmup_epochs": 0, "schedule": "cosine"}
+    policy = SimpleNamespace(epochs=4, freeze_epochs=1, warmup_epochs=0, schedule="cosine")
     set_learning_rates(optimizer, 0.5, policy)
     assert [g["lr"] for g in groups if g["part"] == "backbone"] == [0.0, 0.0]
     loss = F.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 0, 1]))

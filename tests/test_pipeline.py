@@ -3,6 +3,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.data.dataset_format import read_manifest
 from orchestrator.data.pipeline import (
     Oversample,
     build_datasets,
@@ -10,7 +11,6 @@ from orchestrator.data.pipeline import (
     oversample_factors,
     train_class_counts,
 )
-from orchestrator.data.prepare import read_manifest
 from trainables.transforms import Preprocess
 
 

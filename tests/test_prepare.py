@@ -6,7 +6,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from orchestrator.data.prepare import assign_folds, load_resized, prepare, read_manifest
+from orchestrator.data.dataset_format import read_manifest
+from orchestrator.data.decode import load_resized
+from orchestrator.data.folds import assign_folds
+from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
 from tests.conftest import SAMPLE, copy_subset
 
@@ -17,8 +20,8 @@ def table(prepared):
 
 def test_counts_labels_and_folds(small_prepared):
     manifest = read_manifest(small_prepared)
-    assert manifest["classes"] == ["benign", "malignant"]
-    assert manifest["counts"]["per_class"] == {"benign": 20, "malignant": 20}
+    assert manifest.classes == ["benign", "malignant"]
+    assert manifest.counts.per_class == {"benign": 20, "malignant": 20}
     rows = table(small_prepared)
     assert len(rows) == 40 and set(rows["fold"]) == {0, 1, 2, 3}
     assert rows.groupby("label").size().to_dict() == {0: 20, 1: 20}
@@ -39,7 +42,7 @@ def test_deterministic_for_a_seed(tmp_path, small_source):
     a = prepare(small_source, tmp_path / "a", image_size=64, folds=4, seed=3, workers=1)
     b = prepare(small_source, tmp_path / "b", image_size=64, folds=4, seed=3, workers=2)
     prepare(small_source, tmp_path / "c", image_size=64, folds=4, seed=4, workers=1)
-    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert [s.sha256 for s in a.shards] == [s.sha256 for s in b.shards]
     assert not (table(tmp_path / "a")["fold"] == table(tmp_path / "c")["fold"]).all()
 
 
@@ -51,10 +54,10 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
     (source / "malignant" / "empty.jpg").write_bytes(b"")
     (source / "malignant" / "text.png").write_text("not an image")
     manifest = prepare(source, tmp_path / "out", image_size=64, folds=2, workers=1)
-    bad = {Path(u["path"]).name for u in manifest["unreadable"]}
+    bad = {Path(u["path"]).name for u in manifest.unreadable}
     assert bad == {"truncated.jpg", "empty.jpg", "text.png"}
-    assert all(u["reason"] for u in manifest["unreadable"])
-    assert manifest["counts"]["total"] == 16
+    assert all(u["reason"] for u in manifest.unreadable)
+    assert manifest.counts.total == 16
 
 
 def test_large_rotated_grayscale_and_palette_images_become_upright_rgb(tmp_path):
@@ -108,7 +111,7 @@ def test_too_few_images_for_the_folds():
 
 
 def test_not_a_prepared_dataset(tmp_path):
-    with pytest.raises(UserError, match="orchestrator.data.prepare"):
+    with pytest.raises(UserError, match="make one with: isic-prepare SOURCE"):
         read_manifest(tmp_path)
 
 
@@ -122,7 +125,7 @@ def test_prepare_cli_writes_a_dataset(tmp_path, small_source):
         [sys.executable, "-m", "orchestrator.data.prepare", *args], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
-    assert read_manifest(out)["counts"]["total"] == 40 and '"unreadable": 0' in done.stdout
+    assert read_manifest(out).counts.total == 40 and '"unreadable": 0' in done.stdout
 
 
 def test_sweep_rejects_a_prepared_dataset_with_other_folds(small_prepared):

@@ -167,7 +167,7 @@ def test_every_layout_has_a_dataset_card():
 
 def test_a_spec_can_relabel_an_isic_source(tmp_path):
     from orchestrator.config import parse_spec
-    from orchestrator.data.prepare import read_manifest
+    from orchestrator.data.dataset_format import read_manifest
     from orchestrator.sweep import prepared_dataset
 
     rows = [["image_id", "melanoma", "seborrheic_keratosis"]]
@@ -182,5 +182,5 @@ def test_a_spec_can_relabel_an_isic_source(tmp_path):
     default = read_manifest(prepared_dataset(parse_spec(raw)))
     raw["data"]["malignant"] = ["melanoma", "seborrheic_keratosis"]
     relabelled = read_manifest(prepared_dataset(parse_spec(raw)))
-    assert default["counts"]["per_class"] == {"benign": 6, "malignant": 2}
-    assert relabelled["counts"]["per_class"] == {"benign": 4, "malignant": 4}
+    assert default.counts.per_class == {"benign": 6, "malignant": 2}
+    assert relabelled.counts.per_class == {"benign": 4, "malignant": 4}

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.config import parse_spec
-from orchestrator.data.prepare import SHARDS, prepare
+from orchestrator.data.dataset_format import SHARDS, Manifest
+from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import Source
 from orchestrator.errors import UserError
 from orchestrator.evaluation.evaluate import evaluate_fold
@@ -64,7 +65,7 @@ def sources_of(kaggle: Path, isic: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def both(tmp_path_factory, two_sources) -> tuple[Path, dict]:
+def both(tmp_path_factory, two_sources) -> tuple[Path, Manifest]:
     kaggle, isic = two_sources
     out = tmp_path_factory.mktemp("prepared") / "both"
     sources = [Source("kaggle", kaggle, "folder-per-class"), Source("isic2017", isic, "isic2017")]
@@ -78,11 +79,11 @@ def test_two_sources_make_one_dataset_with_a_source_column(both):
         out / SHARDS, columns=["image_id", "label", "fold", "source", "also_in"]
     ).to_pandas()
     # the planted copy of a Kaggle image is kept once, in the first source, which records the other
-    assert manifest["cross_source_duplicates"]["dropped_per_source"] == {"isic2017": 1}
+    assert manifest.cross_source_duplicates.dropped_per_source == {"isic2017": 1}
     assert f"isic2017/{PLANTED}" not in set(table["image_id"])
     assert (table["also_in"] == "isic2017").sum() == 1
     assert table.loc[table["also_in"] == "isic2017", "source"].item() == "kaggle"
-    assert manifest["counts"]["per_source"] == {
+    assert manifest.counts.per_source == {
         "kaggle": {"benign": 16, "malignant": 16},
         "isic2017": {"benign": 16, "malignant": 16},
     }
@@ -90,8 +91,8 @@ def test_two_sources_make_one_dataset_with_a_source_column(both):
     # stratified by class and source: every fold holds both classes of both sources
     per_fold = table.groupby(["fold", "source", "label"]).size()
     assert len(per_fold) == 4 * 2 * 2 and per_fold.min() >= 3
-    assert [s["name"] for s in manifest["sources"]] == ["kaggle", "isic2017"]
-    assert manifest["sources"][1]["layout"] == "isic2017"
+    assert [s.name for s in manifest.sources] == ["kaggle", "isic2017"]
+    assert manifest.sources[1].layout == "isic2017"
 
 
 @needs_both

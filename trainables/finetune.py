@@ -12,8 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Protocol
 
 from torch import nn
+
+
+class LrPolicy(Protocol):
+    """What the schedule reads: as in the train spec (a `TrialConfig` is one)."""
+
+    epochs: int
+    freeze_epochs: int
+    warmup_epochs: float
+    schedule: str
 
 
 def head_parameters(model: nn.Module) -> set[int]:
@@ -73,10 +83,9 @@ def lr_factor(position: float, total: float, start: float, warmup: float, schedu
     return warm * 0.5 * (1.0 + math.cos(math.pi * min(elapsed / span, 1.0)))
 
 
-def set_learning_rates(optimizer, position: float, policy: dict) -> None:
-    """Set every group's rate for `position`; `policy` holds epochs, freeze_epochs, warmup_epochs
-    and schedule, as in the train spec."""
+def set_learning_rates(optimizer, position: float, policy: LrPolicy) -> None:
+    """Set every group's rate for `position`."""
     for group in optimizer.param_groups:
-        start = policy["freeze_epochs"] if group.get("part") == "backbone" else 0.0
-        factor = lr_factor(position, policy["epochs"], start, policy["warmup_epochs"], policy["schedule"])
+        start = policy.freeze_epochs if group.get("part") == "backbone" else 0.0
+        factor = lr_factor(position, policy.epochs, start, policy.warmup_epochs, policy.schedule)
         group["lr"] = group["base_lr"] * factor

@@ -1,9 +1,9 @@
 """The code that runs on each Ray Train worker: fine-tune one backbone, report every epoch.
 
-Everything the loop needs arrives in its config dict. Validation metrics are computed over the
-whole validation split (it is not sharded), so rank 0's report is the trial's true score. The
-fine-tuning policy (frozen start, warm-up, cosine, decay groups) lives in `finetune.py`, mixed
-precision and the device-side normalisation in `precision.py`.
+Everything the loop needs arrives as one `TrialConfig` (`trial_config.py`). Validation metrics
+are computed over the whole validation split (it is not sharded), so rank 0's report is the trial's
+true score. The fine-tuning policy (frozen start, warm-up, cosine, decay groups) lives in
+`finetune.py`, mixed precision and the device-side normalisation in `precision.py`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from trainables.inference import predict
 from trainables.metrics import binary_metrics, log_loss, youden_threshold
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
+from trainables.trial_config import TrialConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +83,27 @@ def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, floa
 class Trainer:
     """One worker's model, optimizer and policy; `epoch()` trains one pass over its shard."""
 
-    def __init__(self, config: dict[str, Any], world_size: int) -> None:
+    def __init__(self, config: TrialConfig, world_size: int) -> None:
         self.config, self.world_size = config, world_size
         self.resumed_after_epoch = 0  # the checkpoint's epoch when this run restarted from one
         self.device = ray.train.torch.get_device()
         if self.device.type == "cpu":
-            torch.set_num_threads(config.get("threads", 1))  # Ray sets 1 thread per worker CPU
-        self.dtype = autocast_dtype(config["precision"], self.device)
-        model = create_backbone(config["backbone"], config["weights"], num_classes=len(config["classes"]))
+            torch.set_num_threads(config.threads)  # Ray sets 1 thread per worker CPU
+        self.dtype = autocast_dtype(config.precision, self.device)
+        model = create_backbone(config.backbone, config.weights, num_classes=len(config.classes))
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         # a frozen start leaves backbone parameters without gradients: DDP must expect that
-        ddp = {"find_unused_parameters": config["freeze_epochs"] > 0}
+        ddp = {"find_unused_parameters": config.freeze_epochs > 0}
         self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
-        groups = param_groups(
-            _unwrap(self.model), config["lr"], config["weight_decay"], config["backbone_lr_scale"]
-        )
-        self.optimizer = build_optimizer(config["optimizer"], groups, config["lr"], config["weight_decay"])
+        groups = param_groups(_unwrap(self.model), config.lr, config.weight_decay, config.backbone_lr_scale)
+        self.optimizer = build_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
         self.scaler = grad_scaler(self.dtype, self.device)
-        self.normalize = Normalize(config["mean"], config["std"], self.device)
-        weights = config.get("class_weights")
+        self.normalize = Normalize(config.mean, config.std, self.device)
+        weights = config.class_weights
         self.class_weights = torch.tensor(weights, device=self.device) if weights else None
-        rows_per_worker = config["train_rows"] / world_size
-        self.steps_per_epoch = max(1, math.ceil(rows_per_worker / config["batch_size"]))
+        rows_per_worker = config.train_rows / world_size
+        self.steps_per_epoch = max(1, math.ceil(rows_per_worker / config.batch_size))
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
@@ -112,7 +111,7 @@ class Trainer:
     def epoch(self, epoch: int, batches) -> tuple[float, float]:
         """Train one epoch; return (mean loss over all workers, images per second over all workers)."""
         cfg, model = self.config, self.model
-        frozen = epoch < cfg["freeze_epochs"]
+        frozen = epoch < cfg.freeze_epochs
         set_backbone_frozen(_unwrap(model), frozen)
         model.train()  # the DDP wrapper too
         train_mode(_unwrap(model), frozen)
@@ -125,7 +124,7 @@ class Trainer:
             with self.autocast():
                 logits = model(self.normalize(batch["image"]))
             loss = F.cross_entropy(
-                logits.float(), labels, weight=self.class_weights, label_smoothing=cfg["label_smoothing"]
+                logits.float(), labels, weight=self.class_weights, label_smoothing=cfg.label_smoothing
             )
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -151,11 +150,12 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
+    config = TrialConfig(**train_loop_config)  # a missing or unknown field fails here, at once
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    torch.manual_seed(config["seed"] + rank)
-    np.random.seed(config["seed"] + rank)
+    torch.manual_seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
 
     trainer = Trainer(config, context.get_world_size())
     start_epoch, unreported = _resume(trainer)
@@ -165,15 +165,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dtypes = {"image": torch.uint8, "label": torch.int64}
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
-    batch_size, device = config["batch_size"], trainer.device
+    batch_size, device = config.batch_size, trainer.device
 
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, config.epochs):
         train_batches = train_shard.iter_torch_batches(
             batch_size=batch_size,
             dtypes=dtypes,
             device=device,
             local_shuffle_buffer_size=SHUFFLE_BUFFER,
-            local_shuffle_seed=config["seed"] * 1000 + epoch * 10 + rank,
+            local_shuffle_seed=config.seed * 1000 + epoch * 10 + rank,
         )
         try:
             train_loss, images_per_s = trainer.epoch(epoch, train_batches)
@@ -210,13 +210,18 @@ def _checkpoint_meta(trainer: Trainer, metrics: dict) -> CheckpointMeta:
     """What evaluate and predict need to score the model as validation did, and where it came from."""
     config = trainer.config
     return CheckpointMeta(
-        **{key: config[key] for key in META_KEYS},
+        **{key: _plain(getattr(config, key)) for key in META_KEYS},
         metrics=metrics,
-        color=config.get("color", "none"),  # evaluate and predict apply it too
+        color=config.color,  # evaluate and predict apply it too
         threshold=metrics["val_threshold"],  # the decision threshold picked on validation data
         resumed_after_epoch=trainer.resumed_after_epoch,
         node_id=ray.get_runtime_context().get_node_id(),
     )
+
+
+def _plain(value: Any) -> Any:
+    """Tuples of the trial config as the lists that meta.json holds."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _resume(trainer: Trainer) -> tuple[int, dict | None]:
@@ -226,7 +231,8 @@ def _resume(trainer: Trainer) -> tuple[int, dict | None]:
     in between) is newer, and is taken when it is complete."""
     checkpoint = ray.train.get_checkpoint()
     registered = _epoch_of(checkpoint) if checkpoint is not None else 0
-    stored = newest_complete(trainer.config["checkpoints"]) if trainer.config.get("checkpoints") else None
+    checkpoints = trainer.config.checkpoints
+    stored = newest_complete(checkpoints) if checkpoints else None
     unregistered = stored is not None and stored[0] > registered
     if unregistered:
         checkpoint = ray.train.Checkpoint(stored[1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 from PIL import Image, ImageDraw
 
-from orchestrator.data.prepare import SHARDS, read_manifest
+from orchestrator.data.dataset_format import SHARDS, read_manifest
 from orchestrator.errors import UserError, command
 
 TILE = 128
@@ -44,18 +44,19 @@ def spread(pairs: list, count: int) -> list:
 
 def sheet(prepared: Path, out: Path, count: int = 24, columns: int = 4) -> int:
     manifest = read_manifest(prepared)
-    if "against" in manifest:
-        reference = Path(manifest["against"]["reference"])
-        pairs = sorted(manifest["against"]["duplicates"], key=lambda p: p[2])
+    against = manifest.against
+    if against is not None:
+        reference = Path(against.reference)
+        pairs = sorted(against.duplicates, key=lambda p: p[2])
         title = f"dropped as duplicates of {reference.name}"
     else:
         reference = Path(prepared)
-        pairs = manifest["audit"]["near_duplicate_pairs"]
+        pairs = manifest.audit.near_duplicate_pairs if manifest.audit else []
         title = "near-duplicate pairs"
     if not pairs:
         raise UserError(f"{prepared}: no duplicate pairs to show")
     chosen = spread(pairs, count)
-    if "against" in manifest:  # dropped images are not in the shards: read them from the source
+    if against is not None:  # dropped images are not in the shards: read them from the source
         left = {p[0]: Image.open(p[3]).convert("RGB") for p in chosen}
     else:
         left = _images(prepared, {p[0] for p in chosen})

@@ -6,31 +6,31 @@ from pathlib import Path
 
 import ray.data
 
-from orchestrator.data.prepare import SHARDS, read_manifest
+from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest
 from trainables.transforms import Oversample, Preprocess
 
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
 
 
 def train_class_counts(
-    manifest: dict, val_fold: int, test_fold: int | None = None, val_source: str = ""
+    manifest: Manifest, val_fold: int, test_fold: int | None = None, val_source: str = ""
 ) -> dict[int, int]:
     """Images per class label in the training data: every fold but `val_fold` and `test_fold`, or,
     with `val_source`, every other source (its folds but `test_fold`)."""
-    counts = dict.fromkeys(range(len(manifest["classes"])), 0)
+    counts = dict.fromkeys(range(len(manifest.classes)), 0)
     if val_source:
         parts = [
             (fold, per_class)
-            for source, folds in manifest["counts"]["per_source_fold"].items()
+            for source, folds in manifest.counts.per_source_fold.items()
             if source != val_source
             for fold, per_class in folds.items()
         ]
     else:
-        parts = list(manifest["counts"]["per_fold"].items())
+        parts = list(manifest.counts.per_fold.items())
     for fold, per_class in parts:
         if int(fold) in (val_fold, test_fold):
             continue
-        for label, name in enumerate(manifest["classes"]):
+        for label, name in enumerate(manifest.classes):
             counts[label] += per_class[name]
     return counts
 
@@ -65,7 +65,7 @@ def build_datasets(
     balance: str,
     seed: int = 0,
     test_fold: int | None = None,
-    manifest: dict | None = None,
+    manifest: Manifest | None = None,
     val_source: str = "",
     color: str = "none",
 ) -> dict[str, ray.data.Dataset]:

@@ -1,10 +1,10 @@
 """Turn an image source (a folder per class, or an ISIC download) into a prepared dataset, once.
 
 Decoding multi-megapixel dermoscopy originals every epoch is the classic bottleneck, so each image
-is decoded and resized here a single time (JPEG draft-mode decoding where it applies, EXIF
-orientation applied), in parallel, and streamed as JPEG bytes with its label, fold and metadata
-into Parquet shards. `manifest.json` records classes, counts per fold and class, unreadable files,
-shard hashes and the duplicate audit (see `audit.py`).
+is decoded and resized here a single time (`decode.py`), in parallel, and streamed as JPEG bytes
+with its label, fold (`folds.py`) and metadata into Parquet shards. `manifest.json` records classes,
+counts per fold and class, unreadable files, shard hashes and the duplicate audit (see `audit.py`);
+`dataset_format.py` describes the result for its readers.
 
     isic-prepare SOURCE [NAME=SOURCE ...] --out DIR [--size 224] [--folds 5]
         [--seed 0] [--layout auto] [--malignant MEL,BCC] [--subfolder DIR] [--against PREPARED]
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
@@ -32,11 +31,19 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, ImageOps, UnidentifiedImageError
-from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
-from orchestrator.data.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
+from orchestrator.data.audit import HASH_SIDE, NEAR_DUPLICATE_BITS, clusters, near_pairs
+from orchestrator.data.dataset_format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    SHARD_SCHEMA,
+    SHARDS,
+    Manifest,
+    read_manifest,
+)
+from orchestrator.data.decode import Loaded, try_load
+from orchestrator.data.folds import assign_folds, fold_counts
 from orchestrator.data.sources import (
     BINARY_CLASSES,
     LAYOUTS,
@@ -50,92 +57,10 @@ from orchestrator.errors import UserError, command
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-SHARDS = "shards"
-FORMAT_VERSION = 1
-JPEG_QUALITY = 95
-EXIF_ORIENTATION = 0x0112
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """One decoded image: what goes into the shard, and what the audit needs."""
-
-    jpeg: bytes
-    sha256: str  # of the source file: exact duplicates
-    phash: bytes  # perceptual hash: near-duplicates
-    size: tuple[int, int]  # as stored in the source, before resizing
-    mode: str  # as stored in the source
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB from any mode; 16- and 32-bit grayscale is scaled to 8 bits, not clipped."""
-    if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if values.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(values / top * 255, 0, 255).astype(np.uint8))
-    return image.convert("RGB")
-
-
-def load_resized(path: Path, size: int) -> Loaded:
-    """The image at `path` as RGB JPEG bytes, upright, shorter side at most `size` pixels.
-
-    An upright RGB JPEG that is already small enough passes through byte for byte, which avoids
-    a second lossy encode. Raises OSError / ValueError for files that cannot be decoded.
-    """
-    raw = path.read_bytes()
-    with Image.open(io.BytesIO(raw)) as image:
-        original, mode = image.size, image.mode
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
-        image.load()
-        upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
-        passthrough = image.format == "JPEG" and image.mode == "RGB" and upright and min(original) <= size
-        rgb = image if passthrough else to_rgb(ImageOps.exif_transpose(image))
-        if min(rgb.size) > size:
-            scale = size / min(rgb.size)
-            target = (max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale)))
-            rgb = rgb.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
-        if passthrough:
-            jpeg = raw
-        else:
-            buffer = io.BytesIO()
-            rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-            jpeg = buffer.getvalue()
-        return Loaded(jpeg, hashlib.sha256(raw).hexdigest(), perceptual_hash(rgb), original, mode)
-
-
-def try_load(path: Path, size: int) -> Loaded | str:
-    """The loaded image, or the reason the file could not be read."""
-    try:
-        return load_resized(path, size)
-    except UnidentifiedImageError:
-        return "not an image file (unknown or damaged format)"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        return f"{type(err).__name__}: {err}"
-
 
 def _load_one(task: tuple[Path, int]) -> Loaded | str:
     """Worker-process entry."""
     return try_load(*task)
-
-
-def assign_folds(
-    labels: np.ndarray, groups: np.ndarray, folds: int, seed: int, strata: np.ndarray | None = None
-) -> np.ndarray:
-    """Folds stratified by label (and by `strata`, e.g. the source, when given) in which every group
-    (a duplicate cluster, patient or lesion) stays in one fold."""
-    counts = Counter(labels.tolist())
-    if min(counts.values()) < folds:
-        raise UserError(
-            f"too few images for {folds} folds: class counts {dict(sorted(counts.items()))}; "
-            "use fewer folds or add images"
-        )
-    fold = np.empty(len(labels), dtype=np.int8)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    stratify = labels if strata is None else labels * (int(strata.max()) + 1) + strata
-    for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), stratify, groups)):
-        fold[val] = index
-    return fold
 
 
 @dataclass
@@ -177,23 +102,6 @@ class ShardWriter:
             {"file": f"{path.parent.name}/{path.name}", "rows": len(self.rows), "sha256": digest}
         )
         self.rows = []
-
-
-SHARD_SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("label", pa.int64()),
-        ("fold", pa.int8()),
-        ("sha256", pa.string()),
-        ("phash", pa.binary()),
-        ("source", pa.string()),  # the collection the image came from
-        ("also_in", pa.string()),  # other sources that hold a duplicate of it, comma-separated
-        ("width", pa.int32()),  # as stored in the source, before resizing
-        ("height", pa.int32()),
-        *[(name, pa.string()) for name in META_FIELDS],
-        ("image", pa.binary()),
-    ]
-)
 
 
 def _decode_all(
@@ -334,7 +242,7 @@ def prepare(
     layout: str = "auto",
     malignant: frozenset[str] | None = None,
     subfolder: str | None = None,
-) -> dict:
+) -> Manifest:
     """Prepare `source` (a folder, or a list of named sources) into `out` (written whole, or not at
     all) and return the manifest.
 
@@ -398,7 +306,7 @@ def prepare(
             "fold_groups": "near-duplicate clusters joined with patient and lesion ids"
             + (", stratified by class and source" if several else ""),
             "metadata_fields": [f for f in META_FIELDS if any(r.meta.get(f) for r in records)],
-            "counts": _counts(labels[keep], fold[keep], classes, [r.source for r in kept]),
+            "counts": fold_counts(labels[keep], fold[keep], classes, [r.source for r in kept]),
             "unreadable": unreadable,
             "audit": report,
             "shards": shards,
@@ -422,7 +330,7 @@ def prepare(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     log.info("prepared %d images into %s (%d unreadable)", int(keep.sum()), out, len(unreadable))
-    return manifest
+    return Manifest.model_validate(manifest)
 
 
 def _cross_source_report(records: list[Record], groups: np.ndarray, across: dict[int, str]) -> dict:
@@ -465,66 +373,28 @@ def _finalise(
     return writer.files
 
 
-def _counts(labels: np.ndarray, fold: np.ndarray, classes: list[str], sources: list[str]) -> dict:
-    def per_class(mask: np.ndarray) -> dict[str, int]:
-        return {name: int((mask & (labels == i)).sum()) for i, name in enumerate(classes)}
-
-    source = np.array(sources)
-    folds = sorted(set(fold.tolist()))
-    return {
-        "total": int(len(labels)),
-        "per_class": per_class(np.ones(len(labels), dtype=bool)),
-        "per_fold": {str(f): per_class(fold == f) for f in folds},
-        "per_source": {name: per_class(source == name) for name in dict.fromkeys(sources)},
-        "per_source_fold": {
-            name: {str(f): per_class((source == name) & (fold == f)) for f in folds}
-            for name in dict.fromkeys(sources)
-        },
-    }
-
-
-def read_manifest(prepared: Path) -> dict:
-    path = Path(prepared) / MANIFEST
-    if not path.is_file():
-        raise UserError(
-            f"{prepared} is not a prepared dataset (no {MANIFEST}); "
-            f"make one with: isic-prepare SOURCE --out {prepared}"
-        )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{prepared} was prepared by an incompatible version; prepare it again")
-    return manifest
-
-
-def source_names(manifest: dict) -> list[str]:
-    """The sources of a prepared dataset (one made before sources had names: its folder's name)."""
-    if "sources" in manifest:
-        return [source["name"] for source in manifest["sources"]]
-    return [Path(manifest["source"]).name]
-
-
-def summary(manifest: dict, out: Path) -> dict:
+def summary(manifest: Manifest, out: Path) -> dict:
     """What a person reads after preparing: counts and the audit's findings."""
-    found = manifest["audit"]
+    found = manifest.audit
     result = {
         "out": str(out),
-        "layout": manifest["layout"],
-        "counts": manifest["counts"],
-        "unreadable": len(manifest["unreadable"]),
-        "exact_duplicate_groups": len(found["exact_duplicates"]),
-        "near_duplicate_pairs": len(found["near_duplicate_pairs"]),
-        "near_duplicate_clusters": len(found["near_duplicate_clusters"]),
-        "images_in_clusters": sum(len(ids) for ids in found["near_duplicate_clusters"]),
-        "converted_to_rgb": found["converted_to_rgb"],
-        "smaller_than_image_size": len(found["smaller_than_image_size"]),
+        "layout": manifest.layout,
+        "counts": manifest.counts.model_dump(),
+        "unreadable": len(manifest.unreadable),
+        "exact_duplicate_groups": len(found.exact_duplicates),
+        "near_duplicate_pairs": len(found.near_duplicate_pairs),
+        "near_duplicate_clusters": len(found.near_duplicate_clusters),
+        "images_in_clusters": sum(len(ids) for ids in found.near_duplicate_clusters),
+        "converted_to_rgb": found.converted_to_rgb,
+        "smaller_than_image_size": len(found.smaller_than_image_size),
     }
-    if "against" in manifest:
-        result["dropped_as_duplicates_of_reference"] = manifest["against"]["dropped"]
-    if "cross_source_duplicates" in manifest:
-        across = manifest["cross_source_duplicates"]
-        result["per_source"] = manifest["counts"]["per_source"]
-        result["dropped_as_duplicates_across_sources"] = across["dropped_per_source"]
-        result["label_conflicts_across_sources"] = len(across["label_conflicts"])
+    if manifest.against is not None:
+        result["dropped_as_duplicates_of_reference"] = manifest.against.dropped
+    if manifest.cross_source_duplicates is not None:
+        across = manifest.cross_source_duplicates
+        result["per_source"] = manifest.counts.per_source
+        result["dropped_as_duplicates_across_sources"] = across.dropped_per_source
+        result["label_conflicts_across_sources"] = len(across.label_conflicts)
     return result
 
 

@@ -37,7 +37,7 @@ from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from orchestrator.data.prepare import SHARDS, read_manifest
+from orchestrator.data.dataset_format import SHARDS, read_manifest
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import bootstrap
 from orchestrator.tables import to_markdown
@@ -192,7 +192,7 @@ def audit(
 ) -> tuple[dict, Audited]:
     """Every view's out-of-fold ROC-AUC with its interval and verdict, and what was audited."""
     manifest = read_manifest(prepared)
-    size = size or manifest["image_size"]
+    size = size or manifest.image_size
     cfg = input_config(backbone)
     model = create_backbone(backbone, weights, num_classes=2).eval()
     log.info("shortcut audit of %s: %s features at %d px", prepared, backbone, size)
@@ -314,7 +314,7 @@ def audited(prepared: Path, out: Path) -> dict:
     changes, so an audit kept in its `shortcuts/` folder (same extractor and size) is reused, and a
     new one is kept there when the folder can be written."""
     cached = Path(prepared) / "shortcuts"
-    wanted = features_label("efficientnet_lite0", "package", read_manifest(prepared)["image_size"])
+    wanted = features_label("efficientnet_lite0", "package", read_manifest(prepared).image_size)
     if (cached / AUDIT_FILE).is_file() and json.loads((cached / AUDIT_FILE).read_text())[
         "features"
     ] == wanted:

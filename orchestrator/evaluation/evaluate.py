@@ -26,7 +26,8 @@ import pyarrow.dataset as pads
 import torch
 from torch import nn
 
-from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest
+from orchestrator.data.dataset_format import MANIFEST, SHARDS, read_manifest
+from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import (
     THRESHOLD_METHODS,
@@ -132,9 +133,9 @@ def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, in
     fold, source = (int(folds[0]) if folds else None), (named[0] if named else None)
     if (path / MANIFEST).exists():
         manifest = read_manifest(path)
-        if fold is not None and not 0 <= fold < manifest["folds"]:
-            raise UserError(f"{text}: {path} has folds 0 to {manifest['folds'] - 1}")
-        names = [s["name"] for s in manifest.get("sources", [])]
+        if fold is not None and not 0 <= fold < manifest.folds:
+            raise UserError(f"{text}: {path} has folds 0 to {manifest.folds - 1}")
+        names = [s.name for s in manifest.sources]
         if source is not None and source not in names:
             raise UserError(
                 f"{text}: {path} has no source '{source}' (its sources: {', '.join(names) or 'none named'})"

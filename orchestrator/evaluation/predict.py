@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from orchestrator.data.prepare import try_load
+from orchestrator.data.decode import try_load
 from orchestrator.data.sources import IMAGE_SUFFIXES
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.evaluate import normalize_for, preprocess_for

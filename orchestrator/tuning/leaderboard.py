@@ -9,6 +9,7 @@ import pandas as pd
 from ray.tune import ResultGrid
 
 from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
+from orchestrator.data.dataset_format import Manifest
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
 from trainables.checkpoint import CheckpointMeta, is_complete
@@ -198,15 +199,16 @@ def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
     return frame[columns].head(top)
 
 
-def held_out_note(manifest: dict, sources: list[str]) -> str:
+def held_out_note(manifest: Manifest, sources: list[str]) -> str:
     """What each held-out source holds, and where the images it shares with another source went."""
-    counts = manifest["counts"]["per_source"]
-    positive = manifest["positive_class"]
+    counts = manifest.counts.per_source
+    positive = manifest.positive_class
     sizes = ", ".join(
         f"{name} {sum(counts[name].values())} images ({counts[name][positive]} {positive})"
         for name in sources
     )
-    dropped = manifest.get("cross_source_duplicates", {}).get("dropped_per_source", {})
+    across = manifest.cross_source_duplicates
+    dropped = across.dropped_per_source if across is not None else {}
     shared = "; ".join(
         f"{n} {name} images are kept in an earlier-listed source" for name, n in dropped.items()
     )

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.config import IN_SOURCE, Spec
-from orchestrator.data.prepare import MANIFEST, read_manifest, source_names
+from orchestrator.data.dataset_format import MANIFEST, read_manifest, source_names
 from orchestrator.evaluation.clinical import Targets
 from orchestrator.evaluation.evaluate import Options, evaluate_checkpoint
 from orchestrator.storage import local_copy, staging_dir
@@ -51,8 +51,8 @@ def warn_if_not_deduplicated(test: str, prepared: Path) -> None:
     path = Path(test.partition("@")[0])
     if path.resolve() == prepared.resolve() or not (path / MANIFEST).exists():
         return
-    reference = read_manifest(path).get("against", {}).get("reference")
-    if reference is None or Path(reference).resolve() != prepared.resolve():
+    against = read_manifest(path).against
+    if against is None or Path(against.reference).resolve() != prepared.resolve():
         log.warning(
             "%s was not de-duplicated against the training data %s: its scores may be optimistic "
             "(prepare it with --against %s)",

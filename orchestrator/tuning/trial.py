@@ -6,6 +6,7 @@ per-epoch reports to Tune, so ASHA sees every epoch and can stop the trial.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import ray.tune
@@ -14,9 +15,11 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Spec, split_of
+from orchestrator.data.dataset_format import Manifest
 from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
 from trainables.backbones import input_config, timm_name
 from trainables.train_loop import train_loop_per_worker
+from trainables.trial_config import TrialConfig
 
 CHECKPOINTS = "checkpoints"
 
@@ -26,44 +29,54 @@ def trial_image_size(spec: Spec, backbone: str) -> int:
     return spec.data.image_size or input_config(backbone).input_size
 
 
-def worker_config(spec: Spec, config: dict[str, Any], manifest: dict) -> dict[str, Any]:
-    """Everything the train loop needs, as plain values."""
+def trial_config(spec: Spec, config: dict[str, Any], manifest: Manifest, checkpoints: str) -> TrialConfig:
+    """Everything the train loop needs: Tune's searched `config` with the spec and the dataset."""
     backbone, train = config["backbone"], spec.train
-    config = {**config, **split_of(config)}
+    split = split_of(config)
     normalisation = input_config(backbone)
-    counts = train_class_counts(manifest, config["val_fold"], spec.data.test_fold, config["val_source"])
+    counts = train_class_counts(manifest, split["val_fold"], spec.data.test_fold, split["val_source"])
     balance = spec.data.balance
     per_epoch = oversample_factors(counts) if balance == "oversample" else dict.fromkeys(counts, 1.0)
-    return {
-        **config,
-        "model": timm_name(backbone),
-        "weights": train.weights_for(backbone),
-        "epochs": train.epochs,
-        "seed": train.seed,
-        "classes": manifest["classes"],
-        "image_size": trial_image_size(spec, backbone),
-        "mean": list(normalisation.mean),
-        "std": list(normalisation.std),
-        "train_rows": round(sum(counts[label] * per_epoch[label] for label in counts)),
-        "class_weights": class_weights(counts) if balance == "class_weight" else None,
-        "threads": spec.resources.torch_threads,
-        "color": config.get("color", "none"),
-        **train.model_dump(include={"freeze_epochs", "backbone_lr_scale", "warmup_epochs", "schedule"}),
-        **train.model_dump(include={"label_smoothing", "precision"}),
-    }
+    return TrialConfig(
+        backbone=backbone,
+        lr=config["lr"],
+        optimizer=config["optimizer"],
+        batch_size=config["batch_size"],
+        weight_decay=config["weight_decay"],
+        color=config.get("color", "none"),
+        val_fold=split["val_fold"],
+        val_source=split["val_source"],
+        model=timm_name(backbone),
+        weights=train.weights_for(backbone),
+        classes=tuple(manifest.classes),
+        image_size=trial_image_size(spec, backbone),
+        mean=tuple(normalisation.mean),
+        std=tuple(normalisation.std),
+        train_rows=round(sum(counts[label] * per_epoch[label] for label in counts)),
+        class_weights=tuple(class_weights(counts)) if balance == "class_weight" else None,
+        epochs=train.epochs,
+        seed=train.seed,
+        freeze_epochs=train.freeze_epochs,
+        backbone_lr_scale=train.backbone_lr_scale,
+        warmup_epochs=train.warmup_epochs,
+        schedule=train.schedule,
+        label_smoothing=train.label_smoothing,
+        precision=train.precision,
+        threads=spec.resources.torch_threads,
+        checkpoints=checkpoints,
+    )
 
 
-def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: dict, run_uri: str) -> None:
+def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: Manifest, run_uri: str) -> None:
     """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach."""
     trial_id = ray.tune.get_context().get_trial_id()
-    loop_config = worker_config(spec, config, manifest)
-    loop_config["checkpoints"] = f"{run_uri}/{CHECKPOINTS}/{trial_id}"  # where a restart looks for one
+    trial = trial_config(spec, config, manifest, f"{run_uri}/{CHECKPOINTS}/{trial_id}")
     datasets = build_datasets(
         prepared,
-        val_fold=loop_config["val_fold"],
-        val_source=loop_config["val_source"],
-        color=loop_config["color"],
-        size=loop_config["image_size"],
+        val_fold=trial.val_fold,
+        val_source=trial.val_source,
+        color=trial.color,
+        size=trial.image_size,
         augment=spec.augment,
         balance=spec.data.balance,
         seed=spec.train.seed,
@@ -76,7 +89,7 @@ def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: dict,
         per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=asdict(trial),  # rebuilt by the loop: see trial_config.py
         scaling_config=ScalingConfig(
             num_workers=resources.workers_per_trial,
             use_gpu=resources.gpus_per_worker > 0,
