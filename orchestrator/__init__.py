@@ -1,1 +1,3 @@
-"""Driver side: experiment specs, data preparation, the Ray Data pipeline, the Tune sweep."""
+"""The driver: specs, data preparation, the Tune sweep, the leaderboard, evaluation and reports.
+
+It imports `trainables/` (what runs in Ray workers); `trainables/` never imports it."""
