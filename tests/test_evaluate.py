@@ -11,10 +11,10 @@ from sklearn import metrics as sk
 
 from orchestrator.errors import UserError
 from orchestrator.evaluation import evaluate, predict
-from orchestrator.evaluation.clinical import choose_threshold
 from tests.conftest import SAMPLE
 from trainables.backbones import create_backbone, input_config
 from trainables.checkpoint import save_checkpoint
+from trainables.metrics import choose_threshold
 
 
 @pytest.fixture(scope="module")

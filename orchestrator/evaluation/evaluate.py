@@ -28,18 +28,12 @@ from torch import nn
 
 from orchestrator.data.prepare import MANIFEST, SHARDS, prepare, read_manifest
 from orchestrator.errors import UserError, run_cli
-from orchestrator.evaluation.clinical import (
-    THRESHOLD_METHODS,
-    Targets,
-    at_threshold,
-    bootstrap,
-    choose_threshold,
-    threshold_free,
-)
+from orchestrator.evaluation.clinical import Targets, bootstrap, threshold_free
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import load_checkpoint
+from trainables.metrics import THRESHOLD_METHODS, at_threshold, choose_threshold, validation_metrics
 from trainables.precision import Normalize
-from trainables.train_loop import predict, validation_metrics
+from trainables.train_loop import predict
 from trainables.transforms import Preprocess
 
 BATCH = 64
