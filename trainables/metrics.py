@@ -1,6 +1,8 @@
 """Binary classification metrics, thresholds and the names they are reported under: the one
 implementation the train loop, the leaderboard and the clinical evaluation share. Pure functions
-over arrays; scikit-learn computes whatever it computes identically (and is the tests' oracle).
+over arrays. scikit-learn draws the curves and computes their areas; the confusion counts, the
+Brier score, the calibration bins and the log loss are a line or two of numpy each (the bootstrap
+calls them thousands of times), checked against scikit-learn in the tests.
 
 `labels` are 0/1 with 1 the positive (malignant) class; `scores` are P(malignant); a case is called
 malignant when its score is >= the threshold.
@@ -10,8 +12,8 @@ sensitivity with no malignant cases, specificity with no benign ones, the F1 of 
 ROC curve for an absent class) is 0.0, as scikit-learn's `zero_division=0`. What cannot be measured
 earns no credit: a model that calls nothing malignant has no precision to show, and a resample
 where a value is undefined counts against it rather than dropping out of a bootstrap interval.
-The areas that need both classes (ROC-AUC, partial AUC) and PR-AUC without a malignant case are
-NaN: they are undefined, not ratios of counts.
+The areas that need both classes (ROC-AUC, partial AUC), PR-AUC without a malignant case and the
+specificity at a sensitivity no threshold reaches are NaN: they are undefined, not ratios of counts.
 """
 
 from __future__ import annotations
