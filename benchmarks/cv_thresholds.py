@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from orchestrator.evaluation.clinical import at_threshold, choose_threshold
 from orchestrator.evaluation.evaluate import score
 from trainables.checkpoint import load_checkpoint
-from trainables.metrics import roc_auc
+from trainables.metrics import at_threshold, choose_threshold, roc_auc
 
 
 def main() -> None:

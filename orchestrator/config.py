@@ -19,6 +19,7 @@ from orchestrator.data.sources import LAYOUTS, SOURCE_NAME, Source
 from orchestrator.errors import UserError
 from orchestrator.storage import normalise
 from trainables.color import COLOR_METHODS
+from trainables.metrics import RANKING_METRICS, THRESHOLD_METHODS
 from trainables.optimizers import OPTIMIZERS
 from trainables.transforms import PRESETS
 
@@ -26,7 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
 
 Optimizer = Literal[OPTIMIZERS]
-Metric = Literal["val_auc", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "train_loss"]
+Metric = Literal[RANKING_METRICS]
 Color = Literal[COLOR_METHODS]
 SEARCHABLE = ("backbone", "lr", "optimizer", "batch_size", "weight_decay")
 # the axes besides SEARCHABLE that tell two configurations apart (validation splits do not)
@@ -246,7 +247,7 @@ class EvaluationSpec(Strict):
         "layout, subfolder) prepared against the training data; tested after the sweep",
     )
     top: int = Field(1, ge=1, description="how many of the best trials are tested")
-    threshold: Literal["youden", "sensitivity"] = "youden"
+    threshold: Literal[THRESHOLD_METHODS] = "youden"
     target_sensitivity: float = Field(0.9, gt=0, le=1, description="for threshold: sensitivity")
     fixed_specificity: float = Field(
         0.8, gt=0, lt=1, description="sensitivity is reported at this specificity"

@@ -4,20 +4,21 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from orchestrator.evaluation.clinical import (
+from orchestrator.evaluation.clinical import bootstrap, threshold_free
+from trainables.metrics import (
+    THRESHOLD_FREE_METRICS,
     at_threshold,
-    bootstrap,
     brier,
     calibration_bins,
     choose_threshold,
     expected_calibration_error,
     partial_auc,
     pr_auc,
+    pr_points,
+    roc_points,
     sensitivity_at_specificity,
     specificity_at_sensitivity,
-    threshold_free,
 )
-from trainables.metrics import roc_points
 
 
 def sample(seed: int, n: int = 300):
@@ -51,6 +52,32 @@ def test_curve_metrics_match_scikit_learn(seed):
     # sensitivity at 80% specificity: the best TPR among ROC points with FPR <= 0.2
     assert sensitivity_at_specificity(labels, scores, 0.8) == pytest.approx(sk_tpr[sk_fpr <= 0.2].max())
     assert specificity_at_sensitivity(labels, scores, 0.9) == pytest.approx((1 - sk_fpr[sk_tpr >= 0.9]).max())
+
+
+def test_pr_points_are_scikit_learns_curve_from_the_highest_threshold_down():
+    labels, scores = sample(0)
+    precision, recall, _ = sk.precision_recall_curve(labels, scores, drop_intermediate=False)
+    ours_recall, ours_precision = pr_points(labels, scores)
+    assert np.allclose(ours_recall, recall[-2::-1]) and np.allclose(ours_precision, precision[-2::-1])
+    fpr, tpr, _ = roc_points(labels, scores)
+    assert np.allclose(ours_recall, tpr[1:])  # one point per ROC point but (0, 0)
+
+
+def test_one_class_curves_and_areas():
+    benign, scores = np.zeros(6, int), np.linspace(0.1, 0.9, 6)
+    fpr, tpr, _ = roc_points(benign, scores)
+    assert (tpr == 0).all() and fpr[-1] == 1  # the rate of the absent class is 0
+    assert np.isnan(pr_auc(benign, scores)) and np.isnan(partial_auc(benign, scores))
+    assert (pr_points(benign, scores)[0] == 0).all()
+    assert np.isnan(specificity_at_sensitivity(benign, scores, 0.9))  # no threshold reaches it
+    assert sensitivity_at_specificity(benign, scores, 0.8) == 0.0
+    values = threshold_free(benign, scores)
+    assert np.isnan(values["roc_auc"]) and values["brier"] == pytest.approx(np.mean(scores**2))
+
+
+def test_threshold_free_names():
+    labels, scores = sample(0)
+    assert tuple(threshold_free(labels, scores)) == THRESHOLD_FREE_METRICS
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -13,11 +13,11 @@ from sklearn import metrics as sk
 
 from orchestrator.errors import UserError
 from orchestrator.evaluation import evaluate, predict
-from orchestrator.evaluation.clinical import choose_threshold
 from tests.conftest import ROOT, SAMPLE
 from trainables.backbones import create_backbone, input_config
 from trainables.checkpoint import CheckpointMeta, save_checkpoint
 from trainables.inference import FlipRotateAverage
+from trainables.metrics import choose_threshold
 
 
 @pytest.fixture(scope="module")

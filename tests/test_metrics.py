@@ -2,7 +2,21 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from trainables.metrics import binary_metrics, log_loss, roc_auc
+from trainables.metrics import (
+    BINARY_METRICS,
+    RANKING_METRICS,
+    REPORTED_METRICS,
+    THRESHOLD_METHODS,
+    THRESHOLD_METRICS,
+    UNTUNED_THRESHOLD,
+    at_threshold,
+    binary_metrics,
+    choose_threshold,
+    confusion_counts,
+    log_loss,
+    roc_auc,
+    validation_metrics,
+)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -21,6 +35,15 @@ def test_binary_metrics_match_scikit_learn(seed):
     assert log_loss(labels, scores) == pytest.approx(sk.log_loss(labels, scores), rel=1e-6)
 
 
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 1.1])
+def test_confusion_counts_are_scikit_learns_matrix(threshold):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 100)
+    scores = np.round(rng.random(100), 1)
+    tn, fp, fn, tp = sk.confusion_matrix(labels, scores >= threshold, labels=[0, 1]).ravel()
+    assert confusion_counts(labels, scores, threshold) == (tp, fp, fn, tn)
+
+
 def test_auc_is_nan_with_a_single_class():
     assert np.isnan(roc_auc(np.ones(5), np.linspace(0, 1, 5)))
 
@@ -33,10 +56,47 @@ def test_no_positive_predictions_give_zero_precision_not_an_error():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_youden_threshold_matches_scikit_learn_roc(seed):
-    from trainables.metrics import youden_threshold
-
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, 300)
     scores = np.round(rng.random(300) * 0.6 + labels * 0.3, 2)
     fpr, tpr, thresholds = sk.roc_curve(labels, scores)
-    assert youden_threshold(labels, scores) == pytest.approx(thresholds[np.argmax(tpr - fpr)])
+    assert choose_threshold(labels, scores, "youden") == pytest.approx(thresholds[np.argmax(tpr - fpr)])
+
+
+@pytest.mark.parametrize("labels", [np.zeros(5, int), np.ones(5, int)], ids=["benign only", "malignant only"])
+def test_one_class_gives_the_untuned_threshold_whatever_the_method(labels):
+    scores = np.linspace(0.1, 0.9, 5)
+    for method in THRESHOLD_METHODS:
+        assert choose_threshold(labels, scores, method) == UNTUNED_THRESHOLD == 0.5
+    with pytest.raises(ValueError, match="unknown threshold method"):
+        choose_threshold(labels, scores, "median")
+
+
+def test_a_validation_fold_with_one_class_is_reported_not_an_error():
+    metrics = validation_metrics(np.zeros(4, int), np.array([0.1, 0.6, 0.3, 0.9]))
+    assert set(metrics) | {"train_loss"} == set(REPORTED_METRICS)
+    assert metrics["val_threshold"] == 0.5 and np.isnan(metrics["val_auc"])
+    assert metrics["val_specificity"] == 0.5 and metrics["val_recall_at_threshold"] == 0.0
+
+
+def test_zero_denominators_are_zero_everywhere():
+    """The module's one rule: a ratio of counts over nothing is 0.0, at 0.5 and at any threshold."""
+    labels, scores = np.array([0, 1, 1]), np.array([0.1, 0.2, 0.3])
+    point = at_threshold(labels, scores, 0.5)
+    assert point["precision"] == point["sensitivity"] == point["f1"] == 0.0
+    assert point["balanced_accuracy"] == pytest.approx(0.5)
+    benign = at_threshold(np.zeros(3, int), scores, 0.25)  # no malignant case
+    assert benign["sensitivity"] == 0.0 and benign["specificity"] == pytest.approx(2 / 3)
+    assert at_threshold(np.zeros(0, int), np.zeros(0), 0.5)["accuracy"] == 0.0
+    loop = binary_metrics(labels, scores)  # the train loop's names for the same numbers
+    assert loop["recall"] == point["sensitivity"]
+    assert all(loop[name] == point[name] for name in ("accuracy", "precision", "specificity", "f1"))
+
+
+def test_the_names_are_what_the_functions_return():
+    labels, scores = np.array([0, 1, 0, 1]), np.array([0.2, 0.7, 0.6, 0.4])
+    assert tuple(binary_metrics(labels, scores)) == BINARY_METRICS
+    assert tuple(at_threshold(labels, scores, 0.5)) == THRESHOLD_METRICS
+    assert set(validation_metrics(labels, scores)) | {"train_loss"} == set(REPORTED_METRICS)
+    assert len(set(REPORTED_METRICS)) == len(REPORTED_METRICS)
+    assert set(RANKING_METRICS) <= set(REPORTED_METRICS)

@@ -1,81 +1,245 @@
-"""Binary classification metrics as pure functions over arrays (checked against scikit-learn).
+"""Binary classification metrics, thresholds and the names they are reported under: the one
+implementation the train loop, the leaderboard and the clinical evaluation share. Pure functions
+over arrays. scikit-learn draws the curves and computes their areas; the confusion counts, the
+Brier score, the calibration bins and the log loss are a line or two of numpy each (the bootstrap
+calls them thousands of times), checked against scikit-learn in the tests.
 
-`labels` are 0/1 with 1 the positive (malignant) class; `scores` are P(malignant).
+`labels` are 0/1 with 1 the positive (malignant) class; `scores` are P(malignant); a case is called
+malignant when its score is >= the threshold.
+
+Zero denominators: a ratio of counts whose denominator is zero (precision with no malignant calls,
+sensitivity with no malignant cases, specificity with no benign ones, the F1 of both, a rate of the
+ROC curve for an absent class) is 0.0, as scikit-learn's `zero_division=0`. What cannot be measured
+earns no credit: a model that calls nothing malignant has no precision to show, and a resample
+where a value is undefined counts against it rather than dropping out of a bootstrap interval.
+The areas that need both classes (ROC-AUC, partial AUC), PR-AUC without a malignant case and the
+specificity at a sensitivity no threshold reaches are NaN: they are undefined, not ratios of counts.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from scipy.stats import rankdata
+from sklearn import metrics as sk
+from sklearn.exceptions import UndefinedMetricWarning
+
+# binary_metrics' keys; the train loop reports each as val_<name>
+BINARY_METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+# at_threshold's keys: the clinical names at a decision threshold
+THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "precision", "sensitivity", "specificity", "f1")
+# the metrics of the scores themselves, at no threshold (the evaluation's threshold-free group)
+THRESHOLD_FREE_METRICS = (
+    "roc_auc",
+    "pr_auc",
+    "partial_auc",
+    "sensitivity_at_specificity",
+    "specificity_at_sensitivity",
+    "brier",
+    "ece",
+)
+# what the train loop reports every epoch (validation_metrics and the training loss), in the
+# leaderboard's column order
+REPORTED_METRICS = (
+    "val_auc",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_specificity",
+    "val_f1",
+    "val_loss",
+    "val_threshold",
+    "val_recall_at_threshold",
+    "val_specificity_at_threshold",
+    "train_loss",
+)
+# the reported metrics a sweep may rank trials by (the scheduler's `metric`)
+RANKING_METRICS = (
+    "val_auc",
+    "val_loss",
+    "val_accuracy",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "train_loss",
+)
+
+THRESHOLD_METHODS = ("youden", "sensitivity")
+# the decision threshold when the data cannot place one (a single class): an untuned classifier's
+UNTUNED_THRESHOLD = 0.5
 
 
-def _confusion(labels: np.ndarray, predicted: np.ndarray) -> tuple[int, int, int, int]:
-    labels, predicted = np.asarray(labels).astype(bool), np.asarray(predicted).astype(bool)
-    tp = int((labels & predicted).sum())
-    fp = int((~labels & predicted).sum())
-    fn = int((labels & ~predicted).sum())
-    tn = int((~labels & ~predicted).sum())
-    return tp, fp, fn, tn
+def _binary(labels: np.ndarray) -> np.ndarray:
+    return np.asarray(labels).astype(bool)
+
+
+def _both_classes(labels: np.ndarray) -> bool:
+    return bool(labels.any() and not labels.all())
 
 
 def _ratio(numerator: float, denominator: float) -> float:
+    """The zero-denominator rule of this module (see its docstring)."""
     return numerator / denominator if denominator else 0.0
 
 
+def confusion_counts(labels: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    """(true positives, false positives, false negatives, true negatives) at `threshold`: scikit-learn's
+    confusion_matrix, counted directly (the bootstrap calls this thousands of times)."""
+    cell = 2 * _binary(labels) + (np.asarray(scores) >= threshold)  # 0 tn, 1 fp, 2 fn, 3 tp
+    tn, fp, fn, tp = np.bincount(cell, minlength=4)
+    return int(tp), int(fp), int(fn), int(tn)
+
+
+def at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """The confusion-matrix metrics (THRESHOLD_METRICS) when `score >= threshold` is called malignant."""
+    tp, fp, fn, tn = confusion_counts(labels, scores, threshold)
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "precision": _ratio(tp, tp + fp),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """BINARY_METRICS: accuracy, precision, recall (sensitivity), specificity, F1 at `threshold`, and
+    ROC-AUC."""
+    point = at_threshold(labels, scores, threshold)
+    return {
+        "accuracy": point["accuracy"],
+        "precision": point["precision"],
+        "recall": point["sensitivity"],
+        "specificity": point["specificity"],
+        "f1": point["f1"],
+        "auc": roc_auc(labels, scores),
+    }
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN with one class only."""
-    labels = np.asarray(labels).astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
+    """Area under the ROC curve (ties counted half); NaN with one class only."""
+    labels = _binary(labels)
+    return float(sk.roc_auc_score(labels, scores)) if _both_classes(labels) else float("nan")
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FPR, TPR and thresholds (score >= threshold is positive) at every distinct score, from (0, 0)
+    at threshold inf to (1, 1); the rate of an absent class is 0."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, thresholds = sk.roc_curve(_binary(labels), scores, drop_intermediate=False)
+    return np.nan_to_num(fpr), np.nan_to_num(tpr), thresholds
+
+
+def pr_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision at every distinct score, from the highest threshold down (each threshold
+    calls at least one case malignant); recall is 0 without a malignant case."""
+    labels = _binary(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # no malignant case: it sets recall to 1
+        precision, recall, _ = sk.precision_recall_curve(labels, scores, drop_intermediate=False)
+    return (recall[-2::-1] if labels.any() else np.zeros(len(recall) - 1)), precision[-2::-1]
+
+
+def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision: the step-wise area under the precision-recall curve; NaN with no malignant
+    case."""
+    labels = _binary(labels)
+    return float(sk.average_precision_score(labels, scores)) if labels.any() else float("nan")
+
+
+def partial_auc(labels: np.ndarray, scores: np.ndarray, min_sensitivity: float = 0.8) -> float:
+    """Area under the ROC curve above `min_sensitivity` (ISIC 2024: range 0 to 1 - min_sensitivity),
+    exact for the piecewise-linear curve; NaN with one class only. It is the area at false positive
+    rates up to 1 - min_sensitivity of the flipped problem (benign the positive class), cut there as
+    scikit-learn's roc_auc_score(max_fpr=...) cuts it (which would also rescale it, and is slower)."""
+    labels = _binary(labels)
+    if not _both_classes(labels):
         return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=np.float64))
-    u = ranks[labels].sum() - positives * (positives + 1) / 2
-    return float(u / (positives * negatives))
+    fpr, tpr, _ = roc_points(labels, scores)
+    x, y, cut = 1 - tpr[::-1], 1 - fpr[::-1], 1 - min_sensitivity  # the flipped curve, x ascending
+    stop = np.searchsorted(x, cut, "right")
+    if stop < len(x):  # end the curve on the cut, interpolated within its segment
+        y = np.r_[y[:stop], np.interp(cut, x[stop - 1 : stop + 1], y[stop - 1 : stop + 1])]
+        x = np.r_[x[:stop], cut]
+    return float(sk.auc(x, y))
+
+
+def sensitivity_at_specificity(labels: np.ndarray, scores: np.ndarray, specificity: float) -> float:
+    """The best sensitivity among thresholds whose specificity is at least `specificity`."""
+    fpr, tpr, _ = roc_points(labels, scores)
+    return float(tpr[fpr <= 1 - specificity + 1e-12].max())
+
+
+def specificity_at_sensitivity(labels: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
+    """The best specificity among thresholds whose sensitivity is at least `sensitivity`; NaN when
+    none is (no malignant case)."""
+    fpr, tpr, _ = roc_points(labels, scores)
+    reached = tpr >= sensitivity - 1e-12
+    return float((1 - fpr[reached]).max()) if reached.any() else float("nan")
+
+
+def brier(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The mean squared difference between P(malignant) and the label (lower is better): scikit-learn's
+    brier_score_loss without its input checks."""
+    return float(np.mean((np.asarray(scores, dtype=np.float64) - _binary(labels)) ** 2))
+
+
+def calibration_bins(labels: np.ndarray, scores: np.ndarray, bins: int = 10):
+    """Per equal-width bin of P(malignant): count, mean predicted probability, observed frequency
+    (scikit-learn's calibration_curve, with the empty bins kept and the counts)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    which = np.clip(np.digitize(scores, np.linspace(0, 1, bins + 1)[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    predicted = np.bincount(which, weights=scores, minlength=bins) / np.maximum(count, 1)
+    observed = np.bincount(which, weights=labels, minlength=bins) / np.maximum(count, 1)
+    return count, predicted, observed
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """The count-weighted mean gap between predicted and observed frequency over the bins."""
+    count, predicted, observed = calibration_bins(labels, scores, bins)
+    return float(np.sum(count * np.abs(predicted - observed)) / max(count.sum(), 1))
 
 
 def log_loss(labels: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> float:
+    """Binary cross-entropy with the scores clipped to [eps, 1 - eps]. Not scikit-learn's: it clips
+    at the scores' float resolution, which for float32 scores of exactly 0 or 1 gives another value."""
     labels = np.asarray(labels, dtype=np.float64)
     p = np.clip(np.asarray(scores, dtype=np.float64), eps, 1 - eps)
     return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
 
 
-def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """accuracy, precision, recall (sensitivity), specificity, F1 at `threshold`, and ROC-AUC."""
-    tp, fp, fn, tn = _confusion(labels, np.asarray(scores) >= threshold)
-    precision = _ratio(tp, tp + fp)
-    recall = _ratio(tp, tp + fn)
-    return {
-        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
-        "precision": precision,
-        "recall": recall,
-        "specificity": _ratio(tn, tn + fp),
-        "f1": _ratio(2 * precision * recall, precision + recall),
-        "auc": roc_auc(labels, scores),
-    }
-
-
-def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FPR, TPR and thresholds (score >= threshold is positive), from (0, 0) to (1, 1)."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, sorted_labels = scores[order], labels[order]
-    last = np.r_[np.nonzero(np.diff(sorted_scores))[0], len(scores) - 1]
-    tp = np.cumsum(sorted_labels)[last]
-    fp = np.cumsum(~sorted_labels)[last]
-    positives, negatives = max(int(labels.sum()), 1), max(int((~labels).sum()), 1)
-    return (
-        np.r_[0.0, fp / negatives],
-        np.r_[0.0, tp / positives],
-        np.r_[np.inf, sorted_scores[last]],
-    )
-
-
-def youden_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold (predict positive when score >= it) that maximises Youden's J =
-    sensitivity + specificity - 1; 0.5 when there is only one class."""
-    labels = np.asarray(labels).astype(bool)
-    if labels.all() or not labels.any():
-        return 0.5
+def choose_threshold(
+    labels: np.ndarray, scores: np.ndarray, method: str = "youden", sensitivity: float = 0.9
+) -> float:
+    """A decision threshold picked on validation data: the one that maximises Youden's J =
+    sensitivity + specificity - 1 (the highest such), or the highest threshold that still reaches
+    `sensitivity` (a screening operating point). With one class only no threshold trades
+    sensitivity for specificity: UNTUNED_THRESHOLD, whatever the method."""
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"unknown threshold method {method!r}; known: {', '.join(THRESHOLD_METHODS)}")
+    labels = _binary(labels)
+    if not _both_classes(labels):
+        return UNTUNED_THRESHOLD
     fpr, tpr, thresholds = roc_points(labels, scores)
-    return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
+    if method == "youden":
+        return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
+    return float(thresholds[np.argmax(tpr >= sensitivity - 1e-12)])
+
+
+def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """An epoch's validation report (REPORTED_METRICS but the training loss): BINARY_METRICS at 0.5,
+    the log loss, and the Youden's J threshold picked on these same labels with the sensitivity and
+    specificity there."""
+    metrics = {f"val_{name}": value for name, value in binary_metrics(labels, scores).items()}
+    metrics["val_loss"] = log_loss(labels, scores)
+    threshold = choose_threshold(labels, scores, "youden")
+    point = at_threshold(labels, scores, threshold)
+    metrics["val_threshold"] = threshold
+    metrics["val_recall_at_threshold"] = point["sensitivity"]
+    metrics["val_specificity_at_threshold"] = point["specificity"]
+    return metrics

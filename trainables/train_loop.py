@@ -35,7 +35,7 @@ from trainables.checkpoint import (
 )
 from trainables.finetune import param_groups, set_backbone_frozen, set_learning_rates, train_mode
 from trainables.inference import predict
-from trainables.metrics import binary_metrics, log_loss, youden_threshold
+from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
 from trainables.trial_config import TrialConfig
@@ -43,19 +43,6 @@ from trainables.trial_config import TrialConfig
 log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 512
-REPORTED_METRICS = (
-    "train_loss",
-    "val_accuracy",
-    "val_precision",
-    "val_recall",
-    "val_specificity",
-    "val_f1",
-    "val_auc",
-    "val_loss",
-    "val_threshold",
-    "val_recall_at_threshold",
-    "val_specificity_at_threshold",
-)
 STATE_FILE = "training_state.pt"
 META_KEYS = ("backbone", "model", "weights", "classes", "image_size", "mean", "std", "lr", "optimizer")
 
@@ -66,18 +53,6 @@ class NonFiniteLossError(RuntimeError):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Metrics at 0.5, and at the Youden's J threshold picked on these same labels."""
-    metrics = {f"val_{name}": value for name, value in binary_metrics(labels, scores).items()}
-    metrics["val_loss"] = log_loss(labels, scores)
-    threshold = youden_threshold(labels, scores)
-    at_threshold = binary_metrics(labels, scores, threshold)
-    metrics["val_threshold"] = threshold
-    metrics["val_recall_at_threshold"] = at_threshold["recall"]
-    metrics["val_specificity_at_threshold"] = at_threshold["specificity"]
-    return metrics
 
 
 class Trainer:

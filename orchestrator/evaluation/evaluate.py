@@ -29,17 +29,11 @@ from torch import nn
 from orchestrator.data.dataset_format import MANIFEST, SHARDS, read_manifest
 from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError, command
-from orchestrator.evaluation.clinical import (
-    THRESHOLD_METHODS,
-    Targets,
-    at_threshold,
-    bootstrap,
-    choose_threshold,
-    threshold_free,
-)
+from orchestrator.evaluation.clinical import Targets, bootstrap, threshold_free
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import CheckpointMeta, load_checkpoint
 from trainables.inference import predict
+from trainables.metrics import THRESHOLD_METHODS, at_threshold, choose_threshold, validation_metrics
 from trainables.precision import Normalize
 from trainables.transforms import Preprocess
 
@@ -96,8 +90,6 @@ def evaluate_fold(
 ) -> dict[str, float]:
     """Validation metrics of `checkpoint` on `fold` (or `source`) of `prepared`, exactly as the train
     loop reports them."""
-    from trainables.train_loop import validation_metrics  # until it moves beside the other metrics
-
     model, meta = load_checkpoint(Path(checkpoint))
     batches = fold_batches(prepared, fold, preprocess_for(meta), source=source)
     return validation_metrics(*predict(model, batches, normalize_for(meta)))

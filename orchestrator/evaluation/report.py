@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import html
 import json
 import shutil
 from dataclasses import dataclass
@@ -15,12 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from jinja2 import Environment, PackageLoader, StrictUndefined  # noqa: E402
+from markupsafe import Markup  # noqa: E402
 
-from orchestrator.evaluation.clinical import at_threshold, calibration_bins  # noqa: E402
 from orchestrator.tables import to_markdown  # noqa: E402
-from trainables.metrics import roc_points  # noqa: E402
+from trainables.metrics import at_threshold, calibration_bins, confusion_counts, pr_points, roc_points  # noqa: E402
 
-NAMES = {
+# how each of THRESHOLD_FREE_METRICS and THRESHOLD_METRICS (trainables.metrics) reads in the report
+LABELS = {
     "roc_auc": "ROC-AUC",
     "pr_auc": "PR-AUC (average precision)",
     "partial_auc": "partial AUC above {min_sensitivity:.0%} sensitivity (max {max_pauc:.2f})",
@@ -40,10 +41,20 @@ SECTIONS = {
     "at_threshold": "At the chosen threshold",
     "at_0.5": "At threshold 0.5",
 }
+# (file name in the report folder, caption) of each picture
+Pictures = list[tuple[str, str]]
+# report.html comes from templates/report.html.j2; every value but the tables (see _html) is escaped
+TEMPLATES = Environment(
+    loader=PackageLoader("orchestrator.evaluation"),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def _label(metric: str, targets: dict) -> str:
-    return NAMES[metric].format(max_pauc=1 - targets["min_sensitivity"], **targets)
+    return LABELS[metric].format(max_pauc=1 - targets["min_sensitivity"], **targets)
 
 
 def metric_tables(summary: dict) -> dict[str, pd.DataFrame]:
@@ -84,14 +95,12 @@ def plot_roc(scored, threshold: float, min_sensitivity: float, path: Path) -> No
 def plot_pr(scored, threshold: float, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(5.5, 5))
     for index, s in enumerate(scored):
-        fpr, tpr, _ = roc_points(s.labels, s.scores)
-        positives, negatives = s.labels.sum(), len(s.labels) - s.labels.sum()
-        tp, fp = tpr[1:] * positives, fpr[1:] * negatives
-        axis.step(tpr[1:], tp / np.maximum(tp + fp, 1), where="post", label=s.name, color=f"C{index}")
+        recall, precision = pr_points(s.labels, s.scores)
+        axis.step(recall, precision, where="post", label=s.name, color=f"C{index}")
         for t, marker in ((0.5, "o"), (threshold, "*")):
             _, y, precision = _operating_point(s.labels, s.scores, t)
             axis.plot(y, precision, marker, color=f"C{index}", markersize=11, markeredgecolor="black")
-        axis.axhline(positives / len(s.labels), color=f"C{index}", linestyle=":", linewidth=0.8)
+        axis.axhline(s.labels.mean(), color=f"C{index}", linestyle=":", linewidth=0.8)
     axis.set(xlabel="sensitivity (recall)", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
     axis.legend(loc="lower left", fontsize=8)
     _save(figure, path)
@@ -119,14 +128,8 @@ def plot_reliability(scored, bins: int, path: Path) -> None:
 
 
 def plot_confusion(s, threshold: float, path: Path) -> None:
-    predicted = s.scores >= threshold
-    labels = s.labels.astype(bool)
-    matrix = np.array(
-        [
-            [(~labels & ~predicted).sum(), (~labels & predicted).sum()],
-            [(labels & ~predicted).sum(), (labels & predicted).sum()],
-        ]
-    )
+    tp, fp, fn, tn = confusion_counts(s.labels, s.scores, threshold)
+    matrix = np.array([[tn, fp], [fn, tp]])  # rows: true benign, malignant; columns: predicted
     figure, axis = plt.subplots(figsize=(4.2, 3.8))
     axis.imshow(matrix / matrix.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
     for row in range(2):
@@ -158,7 +161,7 @@ def _save(figure, path: Path) -> None:
     plt.close(figure)
 
 
-def _pictures(out: Path, summary: dict, scored) -> list[tuple[str, str]]:
+def _pictures(out: Path, summary: dict, scored) -> Pictures:
     threshold, targets = summary["threshold"], summary["targets"]
     pictures = [
         (
@@ -211,45 +214,53 @@ def write_report(out: Path, summary: dict, scored, sections: list[Section] = ())
         frame = pd.DataFrame({"image_id": s.image_ids, "label": s.labels, "p_malignant": s.scores})
         frame.to_csv(out / f"predictions-{index + 1}.csv", index=False)
     pictures = _pictures(out, summary, scored)
-    tables = metric_tables(summary)
-
-    markdown = ["# Evaluation report", ""]
-    markdown += [f"- **{key}**: {value}" for key, value in _header(summary)] + [""]
-    for title, table in tables.items():
-        markdown += [f"## {title}", "", to_markdown(table.rename_axis("metric").reset_index()), ""]
-    markdown += [f"![{caption}]({name})" for name, caption in pictures]
     for section in sections:
-        markdown += ["", f"## {section.title}", "", section.text, "", to_markdown(section.table)]
         if section.picture is not None:
             shutil.copy(section.picture, out / section.picture.name)
-            markdown += ["", f"![{section.caption}]({section.picture.name})"]
-    (out / "report.md").write_text("\n".join(markdown) + "\n")
-
-    def image(name: str, caption: str) -> str:
-        data = base64.b64encode((out / name).read_bytes()).decode()
-        text = html.escape(caption)
-        picture = f'<img src="data:image/png;base64,{data}" alt="{text}">'
-        return f"<figure>{picture}<figcaption>{text}</figcaption></figure>"
-
-    page = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
-        "table{border-collapse:collapse;margin:1em 0}",
-        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}",
-        "th{background:#f3f3f3}figure{display:inline-block;margin:0.5em}img{max-width:500px}",
-        "figcaption{font-size:0.85em;color:#555;max-width:500px}</style></head><body>",
-        "<h1>Evaluation report</h1><table>",
-        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in _header(summary)],
-        "</table>",
-    ]
-    for title, table in tables.items():
-        page += [f"<h2>{html.escape(title)}</h2>", table.to_html(escape=True)]
-    page += ["<h2>Pictures</h2>", *[image(name, caption) for name, caption in pictures]]
-    for section in sections:
-        page += [f"<h2>{html.escape(section.title)}</h2>", f"<p>{html.escape(section.text)}</p>"]
-        page.append(section.table.to_html(escape=True, index=False))
-        if section.picture is not None:
-            page.append(image(section.picture.name, section.caption))
-    page.append("</body></html>")
-    (out / "report.html").write_text("\n".join(page))
+    tables = metric_tables(summary)
+    (out / "report.md").write_text(_markdown(summary, tables, pictures, sections))
+    (out / "report.html").write_text(_html(out, summary, tables, pictures, sections))
     return out / "report.html"
+
+
+def _markdown(
+    summary: dict, tables: dict[str, pd.DataFrame], pictures: Pictures, sections: list[Section]
+) -> str:
+    lines = ["# Evaluation report", ""]
+    lines += [f"- **{key}**: {value}" for key, value in _header(summary)] + [""]
+    for title, table in tables.items():
+        lines += [f"## {title}", "", to_markdown(table.rename_axis("metric").reset_index()), ""]
+    lines += [f"![{caption}]({name})" for name, caption in pictures]
+    for section in sections:
+        lines += ["", f"## {section.title}", "", section.text, "", to_markdown(section.table)]
+        if section.picture is not None:
+            lines += ["", f"![{section.caption}]({section.picture.name})"]
+    return "\n".join(lines) + "\n"
+
+
+def _html(
+    out: Path, summary: dict, tables: dict[str, pd.DataFrame], pictures: Pictures, sections: list[Section]
+) -> str:
+    """The page from templates/report.html.j2, every picture in `out` inlined."""
+
+    def figure(name: str, caption: str) -> dict:
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        return {"src": f"data:image/png;base64,{data}", "caption": caption}
+
+    def table(frame: pd.DataFrame, index: bool = True) -> Markup:
+        return Markup(frame.to_html(escape=True, index=index))  # pandas escapes every cell
+
+    return TEMPLATES.get_template("report.html.j2").render(
+        header=[(key, str(value)) for key, value in _header(summary)],
+        tables=[(title, table(frame)) for title, frame in tables.items()],
+        pictures=[figure(name, caption) for name, caption in pictures],
+        sections=[
+            {
+                "title": section.title,
+                "text": section.text,
+                "table": table(section.table, index=False),
+                "figure": figure(section.picture.name, section.caption) if section.picture else None,
+            }
+            for section in sections
+        ],
+    )

@@ -13,19 +13,8 @@ from orchestrator.data.dataset_format import Manifest
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
 from trainables.checkpoint import CheckpointMeta, is_complete
+from trainables.metrics import REPORTED_METRICS
 
-REPORTED = [
-    "val_auc",
-    "val_accuracy",
-    "val_precision",
-    "val_recall",
-    "val_f1",
-    "val_loss",
-    "val_threshold",
-    "val_recall_at_threshold",
-    "val_specificity_at_threshold",
-    "train_loss",
-]
 SHOWN = [
     "rank",
     "backbone",
@@ -40,7 +29,9 @@ SHOWN = [
     "epochs_run",
 ]
 # what a k-fold summary averages, from each fold's final epoch
-CV_METRICS = ["val_auc", "val_recall_at_threshold", "val_specificity_at_threshold", "val_recall", "val_f1"]
+CV_METRICS = ("val_auc", "val_recall_at_threshold", "val_specificity_at_threshold", "val_recall", "val_f1")
+# what `summary` shows beside the ranking metric, from the best checkpoint
+SUMMARY_METRICS = ("val_recall", "val_f1")
 
 
 def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
@@ -113,10 +104,10 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
         if found:
             path, best = found
             row["best_epoch"] = best["epoch"]
-            row.update({f"best_{m}": best.get(m) for m in REPORTED})
+            row.update({f"best_{m}": best.get(m) for m in REPORTED_METRICS})
             row["checkpoint"] = path
         if history is not None:
-            row.update({f"last_{m}": float(history[m].iloc[-1]) for m in REPORTED if m in history})
+            row.update({f"last_{m}": float(history[m].iloc[-1]) for m in REPORTED_METRICS if m in history})
         row["error"] = error
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -193,9 +184,8 @@ def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
     shown = [c for c in SHOWN if c in frame and not (c in varying and frame[c].nunique() == 1)]
     if "validation" in shown and "val_fold" in shown:
         shown.remove("val_fold")
-    columns = shown + [
-        c for c in (f"best_{metric}", "best_val_recall", "best_val_f1", "best_epoch") if c in frame
-    ]
+    best = [f"best_{m}" for m in (metric, *SUMMARY_METRICS)]
+    columns = shown + [c for c in (*best, "best_epoch") if c in frame]
     return frame[columns].head(top)
 
 

@@ -1,0 +1,58 @@
+"""The report's page (a Jinja2 template, autoescaped) and the metric names every reader shares."""
+
+import re
+import typing
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.config import EvaluationSpec, Metric
+from orchestrator.evaluation.clinical import Targets
+from orchestrator.evaluation.evaluate import Scored, metrics_with_intervals
+from orchestrator.evaluation.report import LABELS, Section, write_report
+from orchestrator.tuning import leaderboard
+from trainables.metrics import (
+    RANKING_METRICS,
+    REPORTED_METRICS,
+    THRESHOLD_FREE_METRICS,
+    THRESHOLD_METHODS,
+    THRESHOLD_METRICS,
+)
+
+
+def test_every_reader_takes_the_names_from_the_metrics_module():
+    assert typing.get_args(Metric) == RANKING_METRICS
+    assert typing.get_args(EvaluationSpec.model_fields["threshold"].annotation) == THRESHOLD_METHODS
+    assert set(leaderboard.CV_METRICS) <= set(REPORTED_METRICS)
+    assert set(leaderboard.SUMMARY_METRICS) <= set(REPORTED_METRICS)
+    assert set(LABELS) == set(THRESHOLD_FREE_METRICS) | set(THRESHOLD_METRICS)
+
+
+def test_the_page_holds_every_table_and_picture_and_escapes_what_it_shows(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    scored = [Scored("<b>set</b>", [f"id{i}" for i in range(60)], labels, scores)]
+    summary = {
+        "checkpoint": "runs/<script>alert(1)</script>",
+        "backbone": "resnet50",
+        "threshold": 0.5,
+        "threshold_origin": "stored",
+        "tta": False,
+        "bootstrap": 5,
+        "targets": Targets().__dict__,
+        "datasets": {"<b>set</b>": {"images": 60, "malignant": int(labels.sum())}},
+        "metrics": {"<b>set</b>": metrics_with_intervals(scored[0], 0.5, Targets(), 5, 0)},
+    }
+    table = pd.DataFrame({"view": ["whole & <all>"], "auc": [0.75]})
+    section = Section("Audit <one>", "a & b", table, tmp_path / "roc.png", "the audit's picture")
+    write_report(tmp_path / "out", summary, scored, [])  # draws roc.png for the section
+    (tmp_path / "roc.png").write_bytes((tmp_path / "out" / "roc.png").read_bytes())
+    page = write_report(tmp_path / "out", summary, scored, [section]).read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;set&lt;/b&gt;" in page
+    assert "<h2>Audit &lt;one&gt;</h2>" in page and "<p>a &amp; b</p>" in page
+    assert "whole &amp; &lt;all&gt;" in page and page.count("<table") == 1 + 3 + 1  # header, metrics, audit
+    for title in ("Threshold-free", "At the chosen threshold", "At threshold 0.5", "Pictures"):
+        assert f"<h2>{title}</h2>" in page
+    assert len(re.findall(r'<img src="data:image/png;base64,[^"]+"', page)) == 5  # 3 curves, 1 matrix, audit
+    assert "<figcaption>the audit&#39;s picture</figcaption>" in page
