@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.data.sources import LAYOUTS, SOURCE_NAME, Source
 from orchestrator.errors import UserError
+from orchestrator.evaluation.clinical import Options, Targets
 from orchestrator.storage import normalise
 from trainables.color import COLOR_METHODS
 from trainables.metrics import RANKING_METRICS, THRESHOLD_METHODS
@@ -247,16 +248,18 @@ class EvaluationSpec(Strict):
         "layout, subfolder) prepared against the training data; tested after the sweep",
     )
     top: int = Field(1, ge=1, description="how many of the best trials are tested")
-    threshold: Literal[THRESHOLD_METHODS] = "youden"
-    target_sensitivity: float = Field(0.9, gt=0, le=1, description="for threshold: sensitivity")
+    threshold: Literal[THRESHOLD_METHODS] = Options.threshold
+    target_sensitivity: float = Field(
+        Options.target_sensitivity, gt=0, le=1, description="for threshold: sensitivity"
+    )
     fixed_specificity: float = Field(
-        0.8, gt=0, lt=1, description="sensitivity is reported at this specificity"
+        Targets.fixed_specificity, gt=0, lt=1, description="sensitivity is reported at this specificity"
     )
     fixed_sensitivity: float = Field(
-        0.9, gt=0, lt=1, description="specificity is reported at this sensitivity"
+        Targets.fixed_sensitivity, gt=0, lt=1, description="specificity is reported at this sensitivity"
     )
-    tta: bool = False
-    bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
+    tta: bool = Options.tta
+    bootstrap: int = Field(Options.bootstrap, ge=10, description="resamples for the 95% intervals")
 
 
 class Spec(Strict):

@@ -31,6 +31,19 @@ class Targets:
     bins: int = 10  # calibration bins
 
 
+@dataclass(frozen=True)
+class Options:
+    """How a checkpoint is evaluated. Its defaults are the only ones: the spec's `evaluation`
+    section and the `isic-evaluate` options take theirs from here."""
+
+    threshold: str = "youden"
+    target_sensitivity: float = 0.9
+    targets: Targets = Targets()
+    tta: bool = False
+    bootstrap: int = 1000
+    seed: int = 0
+
+
 def threshold_free(labels: np.ndarray, scores: np.ndarray, targets: Targets = Targets()) -> dict[str, float]:
     """Metrics of the scores themselves, at no particular threshold: THRESHOLD_FREE_METRICS."""
     return {

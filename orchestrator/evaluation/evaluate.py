@@ -29,7 +29,7 @@ from torch import nn
 from orchestrator.data.dataset_format import MANIFEST, SHARDS, read_manifest
 from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError, command
-from orchestrator.evaluation.clinical import Targets, bootstrap, threshold_free
+from orchestrator.evaluation.clinical import Options, Targets, bootstrap, threshold_free
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import CheckpointMeta, load_checkpoint
 from trainables.inference import predict
@@ -161,18 +161,6 @@ def metrics_with_intervals(
     return result
 
 
-@dataclass(frozen=True)
-class Options:
-    """How a checkpoint is evaluated; the spec's `evaluation` section and the CLI both fill it."""
-
-    threshold: str = "youden"
-    target_sensitivity: float = 0.9
-    targets: Targets = Targets()
-    tta: bool = False
-    bootstrap: int = 1000
-    seed: int = 0
-
-
 def evaluate_checkpoint(
     checkpoint: Path, data: list[str], threshold_from: str | None, options: Options, cache: Path
 ) -> tuple[dict, list[Scored]]:
@@ -222,13 +210,20 @@ def main(argv: list[str] | None = None) -> int:
         "data", nargs="+", help="PREPARED, PREPARED@FOLD, PREPARED@SOURCE, PREPARED@FOLD,SOURCE or raw images"
     )
     parser.add_argument("--threshold-from", metavar="VAL_DATA", help="choose the threshold on this data")
-    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default="youden")
-    parser.add_argument("--target-sensitivity", type=float, default=0.9, help="for --threshold sensitivity")
+    parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default=Options.threshold)
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=Options.target_sensitivity,
+        help="for --threshold sensitivity",
+    )
     parser.add_argument("--fixed-specificity", type=float, default=Targets.fixed_specificity)
     parser.add_argument("--fixed-sensitivity", type=float, default=Targets.fixed_sensitivity)
     parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bootstrap", type=int, default=Options.bootstrap, help="resamples for the 95%% intervals"
+    )
+    parser.add_argument("--seed", type=int, default=Options.seed)
     parser.add_argument("--cache", type=Path, default=Path("prepared"), help="where raw DATA is prepared")
     parser.add_argument("--out", type=Path, help="report folder (default: reports/<checkpoint>-<time>)")
     args = parser.parse_args(argv)

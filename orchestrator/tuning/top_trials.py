@@ -18,8 +18,8 @@ import pandas as pd
 
 from orchestrator.config import IN_SOURCE, Spec
 from orchestrator.data.dataset_format import MANIFEST, read_manifest, source_names
-from orchestrator.evaluation.clinical import Targets
-from orchestrator.evaluation.evaluate import Options, evaluate_checkpoint
+from orchestrator.evaluation.clinical import Options, Targets
+from orchestrator.evaluation.evaluate import evaluate_checkpoint
 from orchestrator.storage import local_copy, staging_dir
 
 if TYPE_CHECKING:
