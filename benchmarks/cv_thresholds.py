@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from orchestrator.evaluation.clinical import Options
 from orchestrator.evaluation.evaluate import score
 from trainables.checkpoint import load_checkpoint
 from trainables.metrics import at_threshold, choose_threshold, roc_auc
@@ -25,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("prepared", type=Path)
-    parser.add_argument("--target-sensitivity", type=float, default=0.9)
+    parser.add_argument("--target-sensitivity", type=float, default=Options.target_sensitivity)
     args = parser.parse_args()
     board = pd.read_csv(args.run_dir / "leaderboard.csv").dropna(subset=["checkpoint"])
     folds = {}

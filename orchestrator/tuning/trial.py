@@ -24,6 +24,19 @@ from trainables.trial_config import TrialConfig
 CHECKPOINTS = "checkpoints"
 
 
+# the spec's `train` fields a trial config carries as they are
+POLICY_FIELDS = {
+    "epochs",
+    "seed",
+    "freeze_epochs",
+    "backbone_lr_scale",
+    "warmup_epochs",
+    "schedule",
+    "label_smoothing",
+    "precision",
+}
+
+
 def trial_image_size(spec: Spec, backbone: str) -> int:
     """The spec's image size, else the backbone's native one."""
     return spec.data.image_size or input_config(backbone).input_size
@@ -54,14 +67,7 @@ def trial_config(spec: Spec, config: dict[str, Any], manifest: Manifest, checkpo
         std=tuple(normalisation.std),
         train_rows=round(sum(counts[label] * per_epoch[label] for label in counts)),
         class_weights=tuple(class_weights(counts)) if balance == "class_weight" else None,
-        epochs=train.epochs,
-        seed=train.seed,
-        freeze_epochs=train.freeze_epochs,
-        backbone_lr_scale=train.backbone_lr_scale,
-        warmup_epochs=train.warmup_epochs,
-        schedule=train.schedule,
-        label_smoothing=train.label_smoothing,
-        precision=train.precision,
+        **train.model_dump(include=POLICY_FIELDS),
         threads=spec.resources.torch_threads,
         checkpoints=checkpoints,
     )
