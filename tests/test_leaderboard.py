@@ -28,6 +28,9 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
     (cut_short / "model.safetensors").write_bytes(b"\0" * 10)
     meta = checkpoint_meta(metrics={"val_auc": 0.99, "val_loss": 0.1}, files={"model.safetensors": 100})
     (cut_short / "meta.json").write_text(meta.to_json())
+    half_written = tmp_path / "trial1" / "checkpoint_f"  # meta.json itself cut short
+    half_written.mkdir()
+    (half_written / "meta.json").write_text(meta.to_json()[:40])
     kept = checkpoint_metas(Storage(str(tmp_path)))
     assert list(kept) == ["trial1"] and len(kept["trial1"]) == 3
     assert best_checkpoint(kept["trial1"], "val_auc", "max")[0] == str(tmp_path / "trial1" / "checkpoint_b")
