@@ -142,7 +142,8 @@ def test_a_tiny_fine_tune_learns(sweep):
 def test_best_checkpoint_reproduces_its_validation_auc(sweep):
     spec, run_dir, frame = sweep
     best = frame.iloc[0]
-    prepared = next((Path(spec.data.cache)).iterdir())
+    # the run's own dataset: the cache also holds the prepared test set, listed in no fixed order
+    prepared = Path(json.loads((run_dir / "run.json").read_text())["prepared"])
     scored = evaluate_fold(Path(best["checkpoint"]), prepared, int(best["val_fold"]))
     assert scored["val_auc"] == pytest.approx(best["best_val_auc"], abs=1e-6)
     assert scored["val_loss"] == pytest.approx(best["best_val_loss"], abs=1e-5)

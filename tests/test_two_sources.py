@@ -253,7 +253,7 @@ def test_a_two_source_study_holds_a_source_out(study):
 @pytest.mark.slow
 def test_a_held_out_trial_validates_on_the_whole_source_with_its_colour_method(study):
     spec, run_dir, frame = study
-    prepared = next(p for p in Path(spec.data.cache).iterdir() if p.name.startswith("kaggle+isic2017"))
+    prepared = Path(json.loads((run_dir / "run.json").read_text())["prepared"])
     for _, trial in frame.iterrows():
         meta = json.loads((Path(trial["checkpoint"]) / "meta.json").read_text())
         assert meta["color"] == trial["color"]
