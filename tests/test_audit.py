@@ -40,6 +40,8 @@ def test_pairs_and_clusters():
     assert near_pairs([a], [b, c], max_bits=40) == [(0, 0, 32)]
     labels = clusters(4, [(0, 2, 0), (2, 3, 0)]).tolist()
     assert labels[0] == labels[2] == labels[3] != labels[1]
+    # the numbering itself decides the folds (StratifiedGroupKFold orders groups by id): pinned
+    assert clusters(6, [(3, 5, 0), (0, 4, 0), (4, 5, 0)]).tolist() == [2, 0, 1, 2, 2, 2]
 
 
 def test_near_duplicates_share_a_fold_and_are_reported(tmp_path):

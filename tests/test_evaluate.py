@@ -13,7 +13,7 @@ from sklearn import metrics as sk
 
 from orchestrator.errors import UserError
 from orchestrator.evaluation import evaluate, predict
-from tests.conftest import ROOT, SAMPLE
+from tests.conftest import ROOT, SAMPLE, checkpoint_meta
 from trainables.backbones import create_backbone, input_config
 from trainables.checkpoint import CheckpointMeta, save_checkpoint
 from trainables.inference import FlipRotateAverage
@@ -151,6 +151,27 @@ def test_evaluation_keeps_a_lesions_shape_and_centre():
     height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
     assert abs(height - width) <= 1 and height == pytest.approx(90 * 2 * 64 / 300, abs=1.5)
     assert rows.mean() == pytest.approx(31.5, abs=1) and cols.mean() == pytest.approx(31.5, abs=1)
+
+
+def test_a_checkpoint_is_scored_with_the_resize_it_was_validated_with():
+    """Checkpoints from before the centre crop record no resize: they keep the square resize."""
+    import cv2
+
+    from orchestrator.evaluation.evaluate import preprocess_for
+
+    image = np.zeros((300, 400, 3), np.uint8)
+    cv2.circle(image, (200, 150), 90, (255, 255, 255), -1)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    widths = {}
+    for resize in ("squash", "crop"):
+        meta = checkpoint_meta(image_size=64, resize=resize)
+        out = preprocess_for(meta)({"image": np.array([jpeg], dtype=object), "label": np.zeros(1)})
+        widths[resize] = np.ptp(np.nonzero(out["image"][0, 0] > 127)[1]) + 1
+    assert widths["squash"] == pytest.approx(90 * 2 * 64 / 400, abs=1.5)  # squeezed sideways
+    assert widths["crop"] == pytest.approx(90 * 2 * 64 / 300, abs=1.5)
+    older = json.loads(checkpoint_meta().to_json())
+    del older["resize"]
+    assert CheckpointMeta.from_json(json.dumps(older), "older").resize == "squash"
 
 
 def test_scoring_a_checkpoint_does_not_import_the_training_loop():

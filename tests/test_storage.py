@@ -182,7 +182,8 @@ def test_checkpoint_meta_reads_older_checkpoints_and_names_a_missing_key(tmp_pat
     }
     (tmp_path / META_FILE).write_text(json.dumps(older))
     meta = read_meta(tmp_path)
-    assert (meta.model, meta.color, meta.threshold, meta.files) == ("resnet50", "none", 0.5, {})
+    assert (meta.model, meta.color, meta.threshold, meta.files) == ("resnet50", "none", 0.5, None)
+    assert meta.resize == "squash"  # validated on square-resized images: scored that way
     assert meta.epoch == 3
     written = json.loads(meta.to_json())
     assert {key: written[key] for key in older} == older  # the same keys, the same values

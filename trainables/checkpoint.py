@@ -5,13 +5,13 @@ folder (a copy cut short is recognised as incomplete).
 
 `CheckpointMeta` is the one reader and writer of `meta.json`. The JSON keeps the same flat keys
 every version of this project wrote; keys that older checkpoints lack get the value those versions
-behaved as (colour "none", model = backbone, threshold 0.5, no file sizes).
+behaved as (colour "none", model = backbone, threshold 0.5, a square resize, no file sizes).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.errors import UserError
+from trainables.resize import EVAL_RESIZES
 from trainables.storage import Storage, StorageError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -42,9 +43,10 @@ class CheckpointMeta:
     optimizer: str | None = None
     color: str = "none"  # colour constancy applied before the transform (see color.py)
     threshold: float = 0.5  # decision threshold picked on the validation data (Youden's J)
+    resize: str = "squash"  # how validation squared the image (resize.py); older ones squashed
     resumed_after_epoch: int = 0  # 0: trained from the start
     node_id: str | None = None  # the Ray node that trained it
-    files: dict[str, int] = field(default_factory=dict)  # name -> size of every other file
+    files: dict[str, int] | None = None  # name -> size of every other file; None: not recorded
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -88,8 +90,9 @@ class CheckpointMeta:
             "mean": isinstance(self.mean, list) and len(self.mean) == 3,
             "std": isinstance(self.std, list) and len(self.std) == 3,
             "metrics": isinstance(self.metrics, dict),
-            "files": isinstance(self.files, dict),
+            "files": self.files is None or isinstance(self.files, dict),
             "threshold": isinstance(self.threshold, (int, float)),
+            "resize": self.resize in EVAL_RESIZES,
         }
         for name, ok in checks.items():
             if not ok:
@@ -136,7 +139,7 @@ def newest_complete(location: str) -> tuple[int, str] | None:
             epoch = meta.epoch
         except (UserError, ValueError, KeyError, TypeError):
             continue  # cut short (StorageError is a UserError too), or from an older version
-        if is_complete(meta.files, sizes, folder):
+        if meta.files is not None and is_complete(meta.files, sizes, folder):  # None: no training state
             newest = max(newest or (epoch, ""), (epoch, storage.uri_of(folder)))
     return newest
 

@@ -38,6 +38,7 @@ from trainables.inference import predict
 from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
+from trainables.resize import EVAL_RESIZE
 from trainables.trial_config import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ def _checkpoint_meta(trainer: Trainer, metrics: dict) -> CheckpointMeta:
         **{key: _plain(getattr(config, key)) for key in META_KEYS},
         metrics=metrics,
         color=config.color,  # evaluate and predict apply it too
+        resize=EVAL_RESIZE,  # and validate the same way
         threshold=metrics["val_threshold"],  # the decision threshold picked on validation data
         resumed_after_epoch=trainer.resumed_after_epoch,
         node_id=ray.get_runtime_context().get_node_id(),

@@ -25,6 +25,7 @@ import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
 from trainables.color import apply_color  # noqa: E402
+from trainables.resize import EVAL_RESIZE, EVAL_RESIZES  # noqa: E402
 
 PRESETS = ("standard", "none")
 
@@ -47,7 +48,7 @@ def train_transform(preset: str, size: int) -> A.Compose:
     )
 
 
-def eval_transform(size: int) -> A.Compose:
+def eval_transform(size: int, resize: str = EVAL_RESIZE) -> A.Compose:
     """Shorter side to `size`, then the centred `size` x `size` square, as torchvision's evaluation
     presets do. Prepared images keep their aspect ratio (prepare resizes the shorter side), and
     training crops keep it within 0.8-1.25 (`RandomResizedCrop`), so the model learns undistorted
@@ -55,7 +56,12 @@ def eval_transform(size: int) -> A.Compose:
     lesion's shape (asymmetry and border are what separates melanoma). Dermoscopy centres the
     lesion, so the crop removes mostly surrounding skin; it can cut the edge of a lesion larger than
     the square, as training's crops (half the image or more) also do. Training with the preset
-    "none", validation, evaluation and predict all use this transform."""
+    "none", validation, evaluation and predict all use this transform. `resize="squash"` is the
+    square resize of checkpoints made before, which were validated that way."""
+    if resize not in EVAL_RESIZES:
+        raise ValueError(f"unknown evaluation resize {resize!r}; known: {', '.join(EVAL_RESIZES)}")
+    if resize == "squash":
+        return A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)])
     return A.Compose(
         [
             A.SmallestMaxSize(max_size=size, interpolation=cv2.INTER_AREA),
@@ -106,12 +112,15 @@ class Preprocess:
     augment: str | None = None  # a train preset name, or None for evaluation
     seed: int = 0
     color: str = "none"  # colour constancy, before any augmentation (see trainables/color.py)
+    resize: str = EVAL_RESIZE  # how evaluation squares an image (a checkpoint records it)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not hasattr(self, "_transform"):
             cv2.setNumThreads(1)  # parallelism comes from Ray Data, not from OpenCV threads
             self._transform = (
-                train_transform(self.augment, self.size) if self.augment else eval_transform(self.size)
+                train_transform(self.augment, self.size)
+                if self.augment
+                else eval_transform(self.size, self.resize)
             )
         if self.augment and "image_id" in batch:
             self._transform.set_random_seed(batch_seed(self.seed, current_epoch(), batch["image_id"]))

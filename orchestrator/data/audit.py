@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 from scipy.fft import dctn
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 HASH_SIDE = 16  # 16 x 16 = 256 bits
 THUMBNAIL = 64
@@ -56,11 +54,21 @@ def near_pairs(
 
 
 def clusters(count: int, pairs: list[tuple[int, int, int]]) -> np.ndarray:
-    """Connected components of the near-duplicate graph: a cluster id per item, numbered in order of
-    each cluster's first item."""
-    if not pairs:
-        return np.arange(count)
-    rows, cols = np.array([(i, j) for i, j, _ in pairs]).T
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(count, count))
-    _, labels = connected_components(graph, directed=False)
+    """Connected components of the near-duplicate graph: a cluster id per item (union-find).
+
+    The ids are numbered by each cluster's root, as they always were: StratifiedGroupKFold orders
+    groups by id, so another numbering (scipy's connected_components numbers by first member)
+    would give every dataset with duplicates other folds for the same seed."""
+    parent = list(range(count))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, _ in pairs:
+        parent[root(i)] = root(j)
+    roots = [root(i) for i in range(count)]
+    _, labels = np.unique(roots, return_inverse=True)
     return labels

@@ -81,7 +81,8 @@ class Against(_Record):
 
     reference: str
     dropped: int
-    duplicates: list[tuple[str, str, int, str]]  # image id, reference image id, bits, source file
+    # image id, reference image id, bits, source file; the first versions wrote the two ids only
+    duplicates: list[tuple[str, str, int, str] | tuple[str, str]]
 
 
 class CrossSourceDuplicates(_Record):

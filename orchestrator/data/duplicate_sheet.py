@@ -47,6 +47,10 @@ def sheet(prepared: Path, out: Path, count: int = 24, columns: int = 4) -> int:
     against = manifest.against
     if against is not None:
         reference = Path(against.reference)
+        if any(len(pair) < 4 for pair in against.duplicates):
+            raise UserError(
+                f"{prepared}: prepared by an older version that kept no source files; prepare it again"
+            )
         pairs = sorted(against.duplicates, key=lambda p: p[2])
         title = f"dropped as duplicates of {reference.name}"
     else:

@@ -77,8 +77,9 @@ def fold_batches(
 
 
 def preprocess_for(meta: CheckpointMeta) -> Preprocess:
-    """Evaluation preprocessing as the checkpoint was trained: its input size and colour method."""
-    return Preprocess(meta.image_size, color=meta.color)
+    """Evaluation preprocessing as the checkpoint was validated: its input size, colour method and
+    resize."""
+    return Preprocess(meta.image_size, color=meta.color, resize=meta.resize)
 
 
 def normalize_for(meta: CheckpointMeta) -> Normalize:

@@ -5,7 +5,7 @@
 IMAGES are files or folders (searched recursively for images). Unreadable files are listed in the
 output with their reason and do not stop the run.
 
-Each image takes the path a prepared dataset's images took: `prepare.try_load` (upright, shorter side
+Each image takes the path a prepared dataset's images took: `decode.try_load` (upright, shorter side
 resized, stored as JPEG bytes), then the checkpoint's evaluation `Preprocess`. The model was
 validated, and its threshold chosen, on pixels that went through that JPEG encode and decode; feeding
 it the same pixels makes `isic-predict` give the P(malignant) that `isic-evaluate` gives for the same

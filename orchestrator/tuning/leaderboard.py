@@ -47,12 +47,13 @@ def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
     for path in sizes:
         trial, folder, name = ([*path.split("/"), "", ""])[:3]
         if folder.startswith("checkpoint_") and name == "meta.json" and path.count("/") == 2:
+            text = checkpoints.read_text(path)  # a storage that fails says so
             try:
-                meta = CheckpointMeta.from_json(checkpoints.read_text(path), checkpoints.uri_of(path))
+                meta = CheckpointMeta.from_json(text, checkpoints.uri_of(path))
             except UserError as err:  # cut short mid-write: as incomplete as a missing file
                 log.warning("left out: %s", err)
                 continue
-            if is_complete(meta.files, sizes, f"{trial}/{folder}"):
+            if is_complete(meta.files or {}, sizes, f"{trial}/{folder}"):
                 found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), meta.metrics))
     return found
 
