@@ -97,6 +97,17 @@ def job(
     )
 
 
+def submit_when_the_agent_is_up(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`ray job submit`, again while the new head's job agent is still starting (a loaded machine
+    takes longer than `ray start` waits: the head answers 500 "No available agent")."""
+    deadline = time.monotonic() + 120
+    while True:
+        submitted = job(address, env, "submit", *args)
+        if "No available agent" not in submitted.stderr or time.monotonic() > deadline:
+            return submitted
+        time.sleep(3)
+
+
 def test_default_experiment_submitted_as_a_ray_job(ray_head, tmp_path):
     address, env = ray_head
     storage = tmp_path / "runs"
@@ -108,10 +119,9 @@ def test_default_experiment_submitted_as_a_ray_job(ray_head, tmp_path):
     refused = job(address, {**env, "RAY_AUTH_TOKEN": "not-the-token"}, "list")
     assert refused.returncode != 0 and "Invalid authentication token" in refused.stderr
 
-    submitted = job(
+    submitted = submit_when_the_agent_is_up(
         address,
         env,
-        "submit",
         "--submission-id=default-sweep",
         "--working-dir=.",
         f"--runtime-env-json={excludes}",
