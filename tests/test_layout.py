@@ -37,3 +37,22 @@ def test_the_block_catches_an_orchestrator_import():
         [sys.executable, "-c", BLOCK_ORCHESTRATOR, "orchestrator.errors"], capture_output=True, text=True
     )
     assert done.returncode != 0 and "trainables imported orchestrator" in done.stderr
+
+
+def test_every_console_script_loads_and_runs():
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e for e in entry_points(group="console_scripts") if e.name.startswith("isic-")}
+    assert {"isic-sweep", "isic-prepare", "isic-evaluate", "isic-predict"} <= set(scripts)
+    assert all(callable(entry.load()) for entry in scripts.values())
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from orchestrator.data.prepare import cli; sys.argv[1:] = ['--help']; cli()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: isic-prepare"), done.stderr[-2000:]
