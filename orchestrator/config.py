@@ -10,7 +10,7 @@ import itertools
 import math
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,6 +30,9 @@ DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
 Optimizer = Literal[OPTIMIZERS]
 Metric = Literal[RANKING_METRICS]
 Color = Literal[COLOR_METHODS]
+LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+BatchSize = Annotated[int, Field(ge=1)]
+WeightDecay = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 SEARCHABLE = ("backbone", "lr", "optimizer", "batch_size", "weight_decay")
 # the axes besides SEARCHABLE that tell two configurations apart (validation splits do not)
 CONFIGURATION_AXES = (*SEARCHABLE, "color")
@@ -167,10 +170,10 @@ class DataSpec(Strict):
 
 class SearchSpec(Strict):
     backbone: str | list[str]
-    lr: float | list[float]
+    lr: LearningRate | list[LearningRate]
     optimizer: Optimizer | list[Optimizer] = "adamw"
-    batch_size: int | list[int] = 32
-    weight_decay: float | list[float] = 0.0
+    batch_size: BatchSize | list[BatchSize] = 32
+    weight_decay: WeightDecay | list[WeightDecay] = 0.0
 
     @field_validator("*")
     @classmethod

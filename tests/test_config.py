@@ -53,6 +53,22 @@ def test_bad_list_item_is_pointed_at():
     assert "'search.optimizer[1]'" in message and "'lion'" in message and "rmsprop" in message
 
 
+@pytest.mark.parametrize(
+    ("search", "where", "what"),
+    [
+        ({"lr": -1e-3}, "'search.lr'", "greater than 0"),
+        ({"lr": [1e-3, 0.0]}, "'search.lr[1]'", "greater than 0"),
+        ({"lr": float("nan")}, "'search.lr'", "finite"),
+        ({"batch_size": 0}, "'search.batch_size'", "greater than or equal to 1"),
+        ({"batch_size": [16, -8]}, "'search.batch_size[1]'", "greater than or equal to 1"),
+        ({"weight_decay": -0.1}, "'search.weight_decay'", "greater than or equal to 0"),
+    ],
+)
+def test_values_that_cannot_train_are_refused_in_the_spec(search, where, what):
+    message = error_of(spec_with(search={"backbone": "a", "lr": 1e-3, **search}))
+    assert where in message and what in message
+
+
 def test_missing_required_key():
     raw = spec_with()
     del raw["train"]
