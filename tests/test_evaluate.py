@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -181,3 +182,16 @@ def test_scoring_a_checkpoint_does_not_import_the_training_loop():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_threshold_cannot_be_chosen_on_one_class(checkpoint, tmp_path):
+    images = tmp_path / "benign-only" / "images"
+    images.mkdir(parents=True)
+    rows = []
+    for n, path in enumerate(sorted((SAMPLE / "benign").iterdir())[:6]):
+        shutil.copy(path, images / f"ISIC_{n:07d}.jpg")
+        rows.append(f"ISIC_{n:07d},benign\n")
+    (images.parent / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv").write_text("".join(rows))
+    argv = [str(checkpoint), str(images.parent), "--threshold-from", str(images.parent)]
+    with pytest.raises(UserError, match="cannot choose a threshold on .*6 benign images and no other class"):
+        evaluate.main([*argv, "--bootstrap", "10", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)])

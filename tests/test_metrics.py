@@ -9,6 +9,7 @@ from trainables.metrics import (
     THRESHOLD_METHODS,
     THRESHOLD_METRICS,
     UNTUNED_THRESHOLD,
+    NoThreshold,
     at_threshold,
     binary_metrics,
     choose_threshold,
@@ -64,10 +65,12 @@ def test_youden_threshold_matches_scikit_learn_roc(seed):
 
 
 @pytest.mark.parametrize("labels", [np.zeros(5, int), np.ones(5, int)], ids=["benign only", "malignant only"])
-def test_one_class_gives_the_untuned_threshold_whatever_the_method(labels):
+def test_one_class_has_no_threshold_whatever_the_method(labels):
     scores = np.linspace(0.1, 0.9, 5)
     for method in THRESHOLD_METHODS:
-        assert choose_threshold(labels, scores, method) == UNTUNED_THRESHOLD == 0.5
+        with pytest.raises(NoThreshold, match="5 (benign|malignant) images and no other class"):
+            choose_threshold(labels, scores, method)
+    assert validation_metrics(labels, scores)["val_threshold"] == UNTUNED_THRESHOLD == 0.5
     with pytest.raises(ValueError, match="unknown threshold method"):
         choose_threshold(labels, scores, "median")
 

@@ -227,18 +227,22 @@ def log_loss(labels: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> float
     return float(-(labels * np.log(p) + (1 - labels) * np.log(1 - p)).mean())
 
 
+class NoThreshold(ValueError):
+    """The threshold data hold one class only: no threshold trades sensitivity for specificity."""
+
+
 def choose_threshold(
     labels: np.ndarray, scores: np.ndarray, method: str = "youden", sensitivity: float = 0.9
 ) -> float:
     """A decision threshold picked on validation data: the one that maximises Youden's J =
     sensitivity + specificity - 1 (the highest such), or the highest threshold that still reaches
-    `sensitivity` (a screening operating point). With one class only no threshold trades
-    sensitivity for specificity: UNTUNED_THRESHOLD, whatever the method."""
+    `sensitivity` (a screening operating point). Raises NoThreshold when `labels` hold one class."""
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; known: {', '.join(THRESHOLD_METHODS)}")
     labels = _binary(labels)
     if not _both_classes(labels):
-        return UNTUNED_THRESHOLD
+        only = "malignant" if labels.any() else "benign"
+        raise NoThreshold(f"the threshold data hold {len(labels)} {only} images and no other class")
     fpr, tpr, thresholds = roc_points(labels, scores)
     if method == "youden":
         return float(thresholds[1:][np.argmax((tpr - fpr)[1:])])
@@ -248,10 +252,13 @@ def choose_threshold(
 def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """An epoch's validation report (REPORTED_METRICS but the training loss): BINARY_METRICS at 0.5,
     the log loss, and the Youden's J threshold picked on these same labels with the sensitivity and
-    specificity there."""
+    specificity there (UNTUNED_THRESHOLD on a fold of one class, so that training goes on)."""
     metrics = {f"val_{name}": value for name, value in binary_metrics(labels, scores).items()}
     metrics["val_loss"] = log_loss(labels, scores)
-    threshold = choose_threshold(labels, scores, "youden")
+    try:
+        threshold = choose_threshold(labels, scores, "youden")
+    except NoThreshold:
+        threshold = UNTUNED_THRESHOLD
     point = at_threshold(labels, scores, threshold)
     metrics["val_threshold"] = threshold
     metrics["val_recall_at_threshold"] = point["sensitivity"]

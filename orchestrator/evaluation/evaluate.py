@@ -33,7 +33,13 @@ from orchestrator.evaluation.clinical import Options, Targets, bootstrap, thresh
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import CheckpointMeta, load_checkpoint
 from trainables.inference import predict
-from trainables.metrics import THRESHOLD_METHODS, at_threshold, choose_threshold, validation_metrics
+from trainables.metrics import (
+    THRESHOLD_METHODS,
+    NoThreshold,
+    at_threshold,
+    choose_threshold,
+    validation_metrics,
+)
 from trainables.precision import Normalize
 from trainables.transforms import Preprocess
 
@@ -177,7 +183,13 @@ def evaluate_checkpoint(
     if threshold_from:
         known = {s.name: s for s in scored}
         val = known.get(threshold_from) or scored_on(threshold_from)
-        threshold = choose_threshold(val.labels, val.scores, options.threshold, options.target_sensitivity)
+        try:
+            threshold = choose_threshold(val.labels, val.scores, options.threshold, options.target_sensitivity)
+        except NoThreshold as err:
+            raise UserError(
+                f"cannot choose a threshold on {threshold_from}: {err}; choose it on data with both "
+                "classes, or leave out --threshold-from to use the checkpoint's own"
+            ) from None
         rule = (
             "Youden's J"
             if options.threshold == "youden"
