@@ -41,10 +41,11 @@ from orchestrator.data.dataset_format import (
 from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError, command
+from orchestrator.evaluation.evaluate import check_data
 from orchestrator.hub_check import check_weights
 from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
 from orchestrator.tuning import leaderboard
-from orchestrator.tuning.top_trials import evaluate_top_trials
+from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone
 
@@ -84,8 +85,14 @@ def preflight(spec: Spec) -> None:
                 check_backbone(name)
     for backbone in spec.backbones():
         check_weights(backbone, WeightSource.parse(spec.train.weights_for(backbone)))
-    tests = [test.source() for test in spec.evaluation.test if isinstance(test, SourceSpec)]
-    read_sources(tests)  # a test source that cannot be read fails now, not after the training
+    # a test set that cannot be read fails now, not after the training
+    read_sources([test.source() for test in spec.evaluation.test if isinstance(test, SourceSpec)])
+    for test in spec.evaluation.test:
+        if not isinstance(test, SourceSpec):
+            try:
+                check_data(test)
+            except UserError as err:
+                raise UserError(f"evaluation.test: {err}") from None
 
 
 def prepared_dataset(spec: Spec) -> Path:
@@ -310,12 +317,7 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
             log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
         results = tuner.fit()
         frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
-        if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
-            prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
-        held_out = held_out_table(spec, frame, manifest)
-        sections = report_sections(held_out, local_dir)
-        frame = evaluate_top_trials(frame, spec, prepared, local_dir, sections)
-        publish(frame, spec, local_dir, run, held_out)
+        frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
     except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
         why = err if isinstance(err, StorageError) else f"the storage failed: {reason(err)}"
         kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
@@ -324,6 +326,37 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
             f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
     return local_dir, frame
+
+
+def finish(
+    frame: Any, spec: Spec, manifest: Manifest, prepared: Path, shared: str, local_dir: Path, run: Storage
+) -> Any:
+    """Publish the leaderboard, test its best trials, publish it again with their test columns; a
+    test that fails leaves the leaderboard whole, its reason in the `test_error` column of the
+    trials it was to test. Returns the final leaderboard."""
+    held_out = held_out_table(spec, frame, manifest)
+    publish(frame, spec, local_dir, run, held_out)
+    frame = tested(frame, spec, prepared, shared, local_dir, held_out)
+    publish(frame, spec, local_dir, run, held_out)
+    return frame
+
+
+def tested(
+    frame: Any, spec: Spec, prepared: Path, shared: str, local_dir: Path, held_out: tuple[Any, str] | None
+) -> Any:
+    """The leaderboard with its best trials tested, or with `test_error` where that failed."""
+    try:
+        if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
+            prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
+        return evaluate_top_trials(frame, spec, prepared, local_dir, report_sections(held_out, local_dir))
+    except StorageError:
+        raise
+    except Exception as err:  # the leaderboard is published: say why the test failed, keep the run
+        why = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+        log.error("testing the best trials failed: %s", why, exc_info=not isinstance(err, UserError))
+        frame = frame.copy()
+        frame.loc[candidates(frame).head(spec.evaluation.top).index, TEST_ERROR] = why
+        return frame
 
 
 def warn_about_shortcuts(result: dict) -> None:
@@ -439,6 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nHeld-out sources (final epoch ROC-AUC on each, worst first):\n")
         print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
     print(f"TensorBoard: tensorboard --logdir {where}")
+    if TEST_ERROR in frame and frame[TEST_ERROR].notna().any():
+        print(f"\nTesting the best trials failed: {frame[TEST_ERROR].dropna().iloc[0]}")
+        print("The leaderboard above is complete; test its checkpoints again with isic-evaluate.")
+        return 1
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):
         print("every trial failed; see the 'error' column of the leaderboard")

@@ -194,4 +194,6 @@ def test_a_threshold_cannot_be_chosen_on_one_class(checkpoint, tmp_path):
     (images.parent / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv").write_text("".join(rows))
     argv = [str(checkpoint), str(images.parent), "--threshold-from", str(images.parent)]
     with pytest.raises(UserError, match="cannot choose a threshold on .*6 benign images and no other class"):
-        evaluate.main([*argv, "--bootstrap", "10", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)])
+        evaluate.main(
+            [*argv, "--bootstrap", "10", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+        )

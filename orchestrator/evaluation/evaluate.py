@@ -28,6 +28,7 @@ from torch import nn
 
 from orchestrator.data.dataset_format import MANIFEST, SHARDS, read_manifest
 from orchestrator.data.prepare import prepare
+from orchestrator.data.sources import read_source
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import Options, Targets, bootstrap, threshold_free
 from orchestrator.storage import local_copy, staging_dir
@@ -119,8 +120,9 @@ def score(
     return Scored(name, ids, labels, scores)
 
 
-def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None, str | None]:
-    """(display name, prepared folder, fold or None, source or None) for a DATA argument."""
+def check_data(text: str) -> tuple[Path, int | None, str | None]:
+    """(folder, fold or None, source or None) of a DATA argument, checked without preparing it: a
+    prepared dataset and what '@' selects in it, or a raw source that can be read."""
     path_text, at, selection = text.partition("@")
     path = Path(path_text)
     if not path.exists():
@@ -139,9 +141,19 @@ def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, in
             raise UserError(
                 f"{text}: {path} has no source '{source}' (its sources: {', '.join(names) or 'none named'})"
             )
-        return text, path, fold, source
+        return path, fold, source
     if selection:
         raise UserError(f"{text}: '@' selects folds or sources of a prepared dataset; {path} is not one")
+    read_source(path)
+    return path, None, None
+
+
+def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None, str | None]:
+    """(display name, prepared folder, fold or None, source or None) for a DATA argument; a raw
+    source is prepared into `cache` (once)."""
+    path, fold, source = check_data(text)
+    if (path / MANIFEST).exists():
+        return text, path, fold, source
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     prepared = cache / f"{path.name}-{image_size}px-{digest}"
     if not (prepared / MANIFEST).exists():
@@ -184,7 +196,9 @@ def evaluate_checkpoint(
         known = {s.name: s for s in scored}
         val = known.get(threshold_from) or scored_on(threshold_from)
         try:
-            threshold = choose_threshold(val.labels, val.scores, options.threshold, options.target_sensitivity)
+            threshold = choose_threshold(
+                val.labels, val.scores, options.threshold, options.target_sensitivity
+            )
         except NoThreshold as err:
             raise UserError(
                 f"cannot choose a threshold on {threshold_from}: {err}; choose it on data with both "

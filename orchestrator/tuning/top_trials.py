@@ -37,6 +37,7 @@ TEST_COLUMNS = [
     ("at_threshold", "balanced_accuracy"),
     ("at_threshold", "f1"),
 ]
+TEST_ERROR = "test_error"  # why a trial that was to be tested was not
 REPORT = "report"
 TENSORBOARD = "test-results"
 
