@@ -3,6 +3,7 @@ import pandas as pd
 from orchestrator.storage import Storage
 from orchestrator.tuning.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
 from tests.conftest import checkpoint_meta
+from trainables.checkpoint import newest_complete
 
 
 def test_markdown_table_escapes_pipes_and_blanks_nan():
@@ -20,8 +21,9 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
         ("checkpoint_c", float("nan"), 0.5),
     ):
         (tmp_path / "trial1" / name).mkdir(parents=True)
-        metrics = {"val_auc": auc, "val_loss": loss}
-        (tmp_path / "trial1" / name / "meta.json").write_text(checkpoint_meta(metrics=metrics).to_json())
+        (tmp_path / "trial1" / name / "model.safetensors").write_bytes(b"\0" * 100)
+        meta = checkpoint_meta(metrics={"val_auc": auc, "val_loss": loss}, files={"model.safetensors": 100})
+        (tmp_path / "trial1" / name / "meta.json").write_text(meta.to_json())
     (tmp_path / "trial1" / "checkpoint_d").mkdir()  # being written: no meta.json yet
     cut_short = tmp_path / "trial1" / "checkpoint_e"
     cut_short.mkdir()
@@ -31,8 +33,13 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
     half_written = tmp_path / "trial1" / "checkpoint_f"  # meta.json itself cut short
     half_written.mkdir()
     (half_written / "meta.json").write_text(meta.to_json()[:40])
+    unlisted = tmp_path / "trial1" / "checkpoint_g"  # an older version's: records no files
+    unlisted.mkdir()
+    (unlisted / "meta.json").write_text(checkpoint_meta(metrics={"val_auc": 0.995, "epoch": 9}).to_json())
     kept = checkpoint_metas(Storage(str(tmp_path)))
     assert list(kept) == ["trial1"] and len(kept["trial1"]) == 3
     assert best_checkpoint(kept["trial1"], "val_auc", "max")[0] == str(tmp_path / "trial1" / "checkpoint_b")
     assert best_checkpoint(kept["trial1"], "val_loss", "min")[0].endswith("checkpoint_a")
     assert best_checkpoint([], "val_auc", "max") is None
+    # resuming follows the same rule: checkpoint_g (epoch 9) is not complete, checkpoint_a-c have no epoch
+    assert newest_complete(str(tmp_path / "trial1")) is None

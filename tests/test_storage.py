@@ -66,7 +66,8 @@ def test_s3_storage_round_trip(s3_server, monkeypatch, tmp_path):
     assert runs.listdir() == []  # the write check leaves nothing behind
     folder = tmp_path / "checkpoint_000001"
     (folder / "sub").mkdir(parents=True)
-    (folder / "meta.json").write_text(checkpoint_meta(metrics={"epoch": 1}).to_json())
+    meta = checkpoint_meta(metrics={"epoch": 1}, files={"sub/model.safetensors": 1000})
+    (folder / "meta.json").write_text(meta.to_json())
     (folder / "sub" / "model.safetensors").write_bytes(b"\1" * 1000)
     runs.upload(folder, "run-1/checkpoints/t1/checkpoint_000001")
     runs.write_atomic("run-1/leaderboard.csv", b"rank,trial_id\n1,t1\n")

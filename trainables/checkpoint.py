@@ -11,6 +11,8 @@ behaved as (colour "none", model = backbone, threshold 0.5, a square resize, no 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from torch import nn
 from trainables.errors import UserError
 from trainables.resize import EVAL_RESIZES
 from trainables.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -115,32 +119,47 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: CheckpointMeta) -> Non
     (folder / META_FILE).write_text(replace(meta, files=files).to_json())
 
 
-def is_complete(files: dict[str, int], sizes: dict[str, int], folder: str) -> bool:
-    """Whether every file a checkpoint's meta.json lists (`files`: name -> size) is in `sizes`
-    (path -> size, a storage listing) under `folder` at that size."""
-    return all(sizes.get(f"{folder}/{name}") == size for name, size in files.items())
+def is_complete(meta: CheckpointMeta, sizes: dict[str, int], folder: str) -> bool:
+    """The one rule of a complete checkpoint: its meta.json records its files (older versions did
+    not), and each is in `sizes` (path -> size, a storage listing) under `folder` at that size."""
+    files = meta.files
+    return files is not None and all(sizes.get(f"{folder}/{name}") == size for name, size in files.items())
 
 
-def newest_complete(location: str) -> tuple[int, str] | None:
-    """(epoch, location) of the newest checkpoint folder under `location` (a path or a URI) whose
-    files are all there at the sizes its meta.json records; None if there is none."""
-    storage = Storage(location)
-    try:
-        sizes = storage.sizes()
-    except StorageError:
-        return None
-    newest = None
+def complete_checkpoints(storage: Storage) -> Iterator[tuple[str, CheckpointMeta]]:
+    """(folder relative to `storage`, meta) of every complete checkpoint under it, at any depth. A
+    meta.json that cannot be read (cut short mid-copy) is left out with a warning; a storage that
+    cannot be listed or read raises StorageError."""
+    sizes = storage.sizes()
     for path in sizes:
-        folder, _, name = path.partition("/")
-        if name != META_FILE:
+        folder, _, name = path.rpartition("/")
+        if name != META_FILE or not folder:
             continue
         try:
             meta = CheckpointMeta.from_json(storage.read_text(path), storage.uri_of(path))
-            epoch = meta.epoch
-        except (UserError, ValueError, KeyError, TypeError):
-            continue  # cut short (StorageError is a UserError too), or from an older version
-        if meta.files is not None and is_complete(meta.files, sizes, folder):  # None: no training state
+        except StorageError:
+            raise
+        except UserError as err:
+            log.warning("left out: %s", err)
+            continue
+        if is_complete(meta, sizes, folder):
+            yield folder, meta
+
+
+def newest_complete(location: str) -> tuple[int, str] | None:
+    """(epoch, location) of the newest complete checkpoint folder under `location` (a path or a
+    URI); None if there is none, or the storage cannot be read."""
+    storage = Storage(location)
+    newest = None
+    try:
+        for folder, meta in complete_checkpoints(storage):
+            try:
+                epoch = meta.epoch
+            except (ValueError, KeyError, TypeError):  # written by an older version
+                continue
             newest = max(newest or (epoch, ""), (epoch, storage.uri_of(folder)))
+    except StorageError:
+        return None
     return newest
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -13,11 +12,8 @@ from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
-from trainables.checkpoint import CheckpointMeta, is_complete
-from trainables.errors import UserError
+from trainables.checkpoint import complete_checkpoints
 from trainables.metrics import REPORTED_METRICS
-
-log = logging.getLogger(__name__)
 
 SHOWN = [
     "rank",
@@ -39,22 +35,12 @@ SUMMARY_METRICS = ("val_recall", "val_f1")
 
 
 def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
-    """Each trial's kept checkpoints, as (location, metrics) read from their meta.json; a checkpoint
-    whose files are not all there at the sizes its meta.json records, or whose meta.json cannot be
-    read (a copy cut short), is left out."""
-    sizes = checkpoints.sizes()
+    """Each trial's complete checkpoints (`checkpoint.is_complete`), as (location, metrics)."""
     found: dict[str, list[tuple[str, dict]]] = {}
-    for path in sizes:
-        trial, folder, name = ([*path.split("/"), "", ""])[:3]
-        if folder.startswith("checkpoint_") and name == "meta.json" and path.count("/") == 2:
-            text = checkpoints.read_text(path)  # a storage that fails says so
-            try:
-                meta = CheckpointMeta.from_json(text, checkpoints.uri_of(path))
-            except UserError as err:  # cut short mid-write: as incomplete as a missing file
-                log.warning("left out: %s", err)
-                continue
-            if is_complete(meta.files or {}, sizes, f"{trial}/{folder}"):
-                found.setdefault(trial, []).append((checkpoints.uri_of(f"{trial}/{folder}"), meta.metrics))
+    for folder, meta in complete_checkpoints(checkpoints):
+        trial, _, name = folder.partition("/")
+        if name.startswith("checkpoint_") and "/" not in name:
+            found.setdefault(trial, []).append((checkpoints.uri_of(folder), meta.metrics))
     return found
 
 
