@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.evaluate import check_data
+from orchestrator.heartbeat import beating, check_not_live
 from orchestrator.hub_check import check_weights
 from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
 from orchestrator.tuning import leaderboard
@@ -244,9 +246,14 @@ def shared_prepared(storage: Storage, prepared: Path) -> str:
     return copy.uri
 
 
+def new_run_name(spec_name: str) -> str:
+    """SPEC-DATE-TIME-XXXX: in time order, and apart for sweeps started in the same second."""
+    return f"{spec_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
 def unfinished_run(storage: Storage, name: str) -> str:
     """The latest run of spec `name` in `storage` that has no leaderboard yet."""
-    pattern = re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}")
+    pattern = re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(-[0-9a-f]{{4}})?")
     runs = [run for run in storage.listdir() if pattern.fullmatch(run)]
     unfinished = [run for run in runs if not storage.exists(f"{run}/{LEADERBOARD}.csv")]
     if not unfinished:
@@ -279,13 +286,14 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         storage.check_writable()
     if resume:
         run_name = resume
+        check_not_live(storage.child(run_name))
         record = read_run_record(storage.child(run_name))
         prepared = Path(record["prepared"])
         shared = record["shared_prepared"]
     else:
         prepared = prepared_dataset(spec)
         spec = with_dataset(spec, prepared)
-        run_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_name = new_run_name(spec.name)
         given = spec.data.prepared
         shared = given if given and is_remote(given) else shared_prepared(storage, prepared)
         record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "shared_prepared": shared}
@@ -309,15 +317,16 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         {"cpu": 0, "memory": DRIVER_MEMORY},
     )
     try:
-        if resume:
-            tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
-            log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
-        else:
-            tuner = new_tuner(spec, trainable, run_name)
-            log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
-        results = tuner.fit()
-        frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
-        frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
+        with beating(run):  # a second driver on this run refuses to start
+            if resume:
+                tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
+                log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
+            else:
+                tuner = new_tuner(spec, trainable, run_name)
+                log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
+            results = tuner.fit()
+            frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
+            frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
     except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
         why = err if isinstance(err, StorageError) else f"the storage failed: {reason(err)}"
         kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""

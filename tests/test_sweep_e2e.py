@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.evaluation.evaluate import evaluate_fold
+from orchestrator.heartbeat import HEARTBEAT
 from orchestrator.sweep import run_sweep
 from tests.conftest import copy_subset
 
@@ -74,6 +75,7 @@ def test_one_leaderboard_row_per_trial(sweep):
     assert "| rank |" in (run_dir / "leaderboard.md").read_text()
     record = json.loads((run_dir / "run.json").read_text())
     assert record["spec"]["name"] == "e2e" and Path(record["prepared"]).is_dir()
+    assert not (run_dir / HEARTBEAT).exists()  # the driver is done: the run may be resumed
     scored = frame[frame["status"] != "failed"]
     assert len(scored) == 3 and scored["best_train_loss"].is_monotonic_increasing  # best (lowest) first
 

@@ -119,11 +119,16 @@ class Storage:
         )
         return local
 
+    def delete(self, relative: str) -> None:
+        """Remove the file `relative`, if it is there."""
+        if self.exists(relative):
+            self._call("delete", relative, self.fs.delete_file, self._path(relative))
+
     def check_writable(self) -> None:
         """Fail before any work when the storage cannot take a file."""
         probe = f".write-check-{os.getpid()}"
         self.write_atomic(probe, b"ok")
-        self._call("write", probe, self.fs.delete_file, self._path(probe))
+        self.delete(probe)
 
     def _call(self, action: str, relative: str, function, *args, **kwargs):
         try:
