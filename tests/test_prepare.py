@@ -110,6 +110,29 @@ def test_too_few_images_for_the_folds():
         assign_folds(np.array([0, 0, 0, 1, 1, 1]), np.arange(6), folds=5, seed=0)
 
 
+def test_a_class_held_by_fewer_patients_than_folds_is_refused_naming_them():
+    labels = np.array([0] * 20 + [1] * 10)
+    patients = np.r_[np.arange(20), [100] * 5 + [101] * 5]  # ten malignant images, two patients
+    with pytest.raises(UserError) as caught:
+        assign_folds(labels, patients, folds=5, seed=0, classes=["benign", "malignant"])
+    assert "5 folds with every class in every fold: 2 of malignant" in str(caught.value)
+    assert "set data.folds to at most 2" in str(caught.value)
+    assert set(assign_folds(labels, patients, folds=2, seed=0)[labels == 1]) == {0, 1}
+
+
+def test_a_fold_left_without_a_class_is_refused():
+    """Mixed-label groups (a duplicate cluster labelled both ways) can defeat the stratification."""
+    labels = np.array([0, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1])
+    groups = np.array([0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6])
+    with pytest.raises(UserError, match=r"fold \d has no (benign|malignant) image.*use fewer folds"):
+        assign_folds(labels, groups, folds=4, seed=0, classes=["benign", "malignant"])
+
+
+def test_a_test_set_with_nothing_left_after_deduplication_is_refused(small_source, small_prepared, tmp_path):
+    with pytest.raises(UserError, match=f"every image of .* is also in {small_prepared}: none is left"):
+        prepare(small_source, tmp_path / "test", image_size=64, folds=4, against=small_prepared)
+
+
 def test_not_a_prepared_dataset(tmp_path):
     with pytest.raises(UserError, match="make one with: isic-prepare SOURCE"):
         read_manifest(tmp_path)

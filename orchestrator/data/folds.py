@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -11,21 +9,42 @@ from orchestrator.errors import UserError
 
 
 def assign_folds(
-    labels: np.ndarray, groups: np.ndarray, folds: int, seed: int, strata: np.ndarray | None = None
+    labels: np.ndarray,
+    groups: np.ndarray,
+    folds: int,
+    seed: int,
+    strata: np.ndarray | None = None,
+    classes: list[str] | None = None,
 ) -> np.ndarray:
     """Folds stratified by label (and by `strata`, e.g. the source, when given) in which every group
-    (a duplicate cluster, patient or lesion) stays in one fold."""
-    counts = Counter(labels.tolist())
-    if min(counts.values()) < folds:
+    (a duplicate cluster, patient or lesion) stays in one fold, and every class of `labels` is in
+    every fold. `classes` names the labels in errors."""
+    if len(labels) == 0:
+        raise UserError("no images to split into folds")
+    name = (lambda label: classes[label]) if classes else str
+    # a group is one unit of the split: a class needs a group of its own in every fold
+    units = {label: len(set(groups[labels == label].tolist())) for label in sorted(set(labels.tolist()))}
+    scarce = {label: count for label, count in units.items() if count < folds}
+    if scarce:
+        found = ", ".join(f"{count} of {name(label)}" for label, count in scarce.items())
         raise UserError(
-            f"too few images for {folds} folds: class counts {dict(sorted(counts.items()))}; "
-            "use fewer folds or add images"
+            f"too few images for {folds} folds with every class in every fold: {found} (an image, or a "
+            f"group of images of one patient, lesion or duplicate cluster); set data.folds to at most "
+            f"{min(scarce.values())}, or add images"
         )
     fold = np.empty(len(labels), dtype=np.int8)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     stratify = labels if strata is None else labels * (int(strata.max()) + 1) + strata
     for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), stratify, groups)):
         fold[val] = index
+    for index in range(folds):
+        missing = [name(label) for label in units if not (labels[fold == index] == label).any()]
+        if missing:
+            raise UserError(
+                f"fold {index} has no {' or '.join(missing)} image: the groups (patients, lesions, "
+                "duplicate clusters) could not be spread over the folds; use fewer folds, another "
+                "data.seed, or add images"
+            )
     return fold
 
 

@@ -281,11 +281,17 @@ def prepare(
         across = cross_source_duplicates(records, groups, [src.name for src in sources])
         dropped = duplicates_of_reference(records, against) if against is not None else {}
         keep = np.array([i not in dropped and i not in across for i in range(len(records))])
+        if not keep.any():
+            raise UserError(
+                f"every image of {names} is also in {against or 'another source'}: none is left to prepare"
+            )
         labels = np.array([r.label for r in records])
         source_index = {src.name: i for i, src in enumerate(sources)}
         strata = np.array([source_index[r.source] for r in records]) if several else None
         fold = np.full(len(records), -1, dtype=np.int8)
-        fold[keep] = assign_folds(labels[keep], groups[keep], folds, seed, strata[keep] if several else None)
+        fold[keep] = assign_folds(
+            labels[keep], groups[keep], folds, seed, strata[keep] if several else None, classes
+        )
         also_in = _also_in(records, groups, across)
         shards = _finalise(staging, raw.files, keep, fold, also_in, shard_rows)
         kept = [r for r, k in zip(records, keep, strict=True) if k]
