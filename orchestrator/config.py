@@ -51,7 +51,8 @@ class SourceSpec(Strict):
     path: Path
     layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
     malignant: list[str] | None = Field(
-        None, description="diagnoses called malignant (default: the source's rule)"
+        None,
+        description="diagnoses called malignant, or the malignant class folder (default: the source's rule)",
     )
     subfolder: str | None = Field(
         None, description="only the images under this sub-folder of path, e.g. ISIC-2017_Training_Data"
@@ -79,7 +80,8 @@ class DataSpec(Strict):
     )
     layout: str = Field("auto", description="auto, folder-per-class or an ISIC layout (see sources.py)")
     malignant: list[str] | None = Field(
-        None, description="diagnoses called malignant (default: the source's rule)"
+        None,
+        description="diagnoses called malignant, or the malignant class folder (default: the source's rule)",
     )
     folds: int = Field(5, ge=2)
     val_fold: int | list[int] | Literal["all", "none"] = Field(

@@ -184,3 +184,28 @@ def test_a_spec_can_relabel_an_isic_source(tmp_path):
     relabelled = read_manifest(prepared_dataset(parse_spec(raw)))
     assert default.counts.per_class == {"benign": 6, "malignant": 2}
     assert relabelled.counts.per_class == {"benign": 4, "malignant": 4}
+
+
+def folders(root: Path, *names: str) -> Path:
+    for name in names:
+        (root / name).mkdir(parents=True)
+        shutil.copy(IMAGES[0], root / name / "1.jpg")
+    return root
+
+
+def test_a_third_class_folder_is_refused_not_scored_as_binary(tmp_path):
+    with pytest.raises(UserError, match=r"has 3 class folders \(benign/, malignant/, nevus/\).*exactly two"):
+        read_source(folders(tmp_path, "benign", "malignant", "nevus"))
+
+
+def test_folders_of_unknown_names_need_the_malignant_one_named(tmp_path):
+    root = folders(tmp_path, "cancer", "healthy")
+    with pytest.raises(UserError, match=r"which of cancer/, healthy/ is the malignant class.*malignant: \["):
+        read_source(root)
+    _, classes, images = read_source(root, malignant=frozenset({"cancer"}))
+    assert classes == ["healthy", "cancer"] and {i.image_id: i.label for i in images} == {
+        "healthy/1": 0,
+        "cancer/1": 1,
+    }
+    with pytest.raises(UserError, match="must name exactly one of its class folders"):
+        read_source(root, malignant=frozenset({"tumour"}))

@@ -89,8 +89,9 @@ def _header(path: Path) -> list[str]:
         return next(csv.reader(handle), [])
 
 
-def class_names(root: Path) -> list[str]:
-    """Sub-folders holding images, negative class first (benign before malignant)."""
+def class_names(root: Path, malignant: frozenset[str] | None = None) -> list[str]:
+    """The two class sub-folders, benign first: the malignant one is named by `malignant` (the
+    spec's `malignant:`), or is the one called malignant, melanoma or mel."""
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and any(_is_image(p) for p in d.iterdir()))
     if len(names) < 2:
         found = f"only '{names[0]}'" if names else "no class folder with images and no ISIC ground-truth CSV"
@@ -99,14 +100,33 @@ def class_names(root: Path) -> list[str]:
             f"(e.g. benign/ and malignant/) holding {', '.join(sorted(IMAGE_SUFFIXES))} files, "
             "or an ISIC challenge / archive layout"
         )
-    positive = [n for n in names if n.lower() in POSITIVE_NAMES]
-    return [n for n in names if n not in positive] + positive
+    listed = ", ".join(f"{name}/" for name in names)
+    if len(names) > 2:
+        raise UserError(
+            f"{root} has {len(names)} class folders ({listed}); a benign/malignant study takes exactly "
+            "two: move the others out, or point at a folder holding only the two"
+        )
+    if malignant:
+        positive = [name for name in names if name in malignant]
+        if len(positive) != 1:
+            raise UserError(
+                f"{root}: malignant: {sorted(malignant)} must name exactly one of its class "
+                f"folders ({listed})"
+            )
+    else:
+        positive = [name for name in names if name.lower() in POSITIVE_NAMES]
+        if len(positive) != 1:
+            raise UserError(
+                f"{root}: cannot tell which of {listed} is the malignant class; name it with "
+                f"malignant: [{names[-1]}] in the spec's data (isic-prepare --malignant {names[-1]})"
+            )
+    return [name for name in names if name not in positive] + positive
 
 
 def read_folder_per_class(
     root: Path, malignant: frozenset[str] | None
 ) -> tuple[list[str], list[SourceImage]]:
-    classes = class_names(root)
+    classes = class_names(root, malignant)
     images = [
         SourceImage(path, f"{name}/{path.stem}", label)
         for label, name in enumerate(classes)
