@@ -7,13 +7,23 @@ local copies of remote checkpoints and datasets.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
 from trainables.errors import UserError
 from trainables.storage import REMOTE_SCHEMES, Storage, StorageError, is_remote, reason
 
-__all__ = ["Storage", "StorageError", "is_remote", "local_copy", "normalise", "reason", "staging_dir"]
+__all__ = [
+    "Storage",
+    "StorageError",
+    "download_whole",
+    "is_remote",
+    "local_copy",
+    "normalise",
+    "reason",
+    "staging_dir",
+]
 
 
 def normalise(location: str, base: Path) -> str:
@@ -37,8 +47,27 @@ def local_copy(location: str, cache: Path) -> Path:
     target = cache / location.split("://", 1)[1]
     if not target.is_dir():
         parent, _, name = location.rpartition("/")
-        Storage(parent).download(name, target)
+        download_whole(Storage(parent), name, target)
     return target
+
+
+def download_whole(storage: Storage, relative: str, target: Path, replace: bool = False) -> None:
+    """Download the folder `relative` to `target`, which appears only once all of it is there (a
+    download cut short leaves no folder that looks complete). With `replace`, an older `target` is
+    replaced; without, a `target` that another process completed first is kept."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        storage.download(relative, partial)
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            partial.rename(target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def staging_dir(run_name: str) -> Path:

@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,22 @@ from orchestrator.data.dataset_format import (
     read_manifest,
     source_names,
 )
-from orchestrator.data.prepare import prepare
+from orchestrator.data.prepare import prepare_once
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.evaluate import check_data
 from orchestrator.heartbeat import beating, check_not_live
 from orchestrator.hub_check import check_weights
-from orchestrator.storage import Storage, StorageError, is_remote, local_copy, normalise, reason, staging_dir
+from orchestrator.storage import (
+    Storage,
+    StorageError,
+    download_whole,
+    is_remote,
+    local_copy,
+    normalise,
+    reason,
+    staging_dir,
+)
 from orchestrator.tuning import leaderboard
 from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
@@ -113,11 +121,7 @@ def prepared_dataset(spec: Spec) -> Path:
     size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
     name = "+".join(source.name for source in data.sources)
     out = data.cache / f"{name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
-    if (out / MANIFEST).exists():
-        log.info("using prepared dataset %s", out)
-        return out
-    prepare(data.sources, out, size, data.folds, data.seed)
-    return out
+    return prepare_once(data.sources, out, size, data.folds, data.seed)
 
 
 def with_dataset(spec: Spec, prepared: Path) -> Spec:
@@ -135,16 +139,13 @@ def test_dataset(test: str | SourceSpec, prepared: Path, manifest: Manifest, cac
     if not isinstance(test, SourceSpec):
         return test
     source = test.source()
-    layout, _, images = read_sources([source])[0][1:]
+    layout, _, images, _ = read_sources([source])[0][1]
     listing = f"{prepared.resolve()}:{layout}:{source.describe()}:" + ",".join(
         f"{image.image_id}:{image.label}" for image in images
     )
     digest = hashlib.sha256(listing.encode()).hexdigest()[:10]
     out = cache / f"{test.name}-{manifest.image_size}px-against-{prepared.name}-{digest}"
-    if not (out / MANIFEST).exists():
-        log.info("preparing the test set %s against the training data %s", test.name, prepared)
-        prepare([source], out, manifest.image_size, manifest.folds, against=prepared)
-    return str(out)
+    return str(prepare_once([source], out, manifest.image_size, manifest.folds, against=prepared))
 
 
 def local_prepared(location: str, cache: Path) -> Path:
@@ -159,8 +160,7 @@ def local_prepared(location: str, cache: Path) -> Path:
     manifest = remote.read_text(MANIFEST)
     if not (copy / MANIFEST).is_file() or (copy / MANIFEST).read_text() != manifest:
         log.info("downloading the prepared dataset %s to %s", location, copy)
-        shutil.rmtree(copy, ignore_errors=True)
-        remote.download("", copy)
+        download_whole(remote, "", copy, replace=True)
     return copy
 
 
@@ -169,7 +169,7 @@ def _fingerprint(spec: Spec) -> str:
     renamed, added or reordered."""
     data = spec.data
     listing = ""
-    for source, layout, _, images in read_sources(data.sources):
+    for source, (layout, _, images, _) in read_sources(data.sources):
         described = source.describe() if len(data.sources) > 1 else sorted(source.malignant or [])
         listing += f"{layout}:{described}\n" + "".join(
             f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
@@ -233,11 +233,13 @@ def scheduler_for(spec: Spec) -> TrialScheduler:
 
 def shared_prepared(storage: Storage, prepared: Path) -> str:
     """Where every node can read the prepared dataset: the folder itself with local storage, else a
-    copy beside the runs, uploaded once (the manifest last, so a copy with one is complete)."""
+    copy beside the runs, uploaded once (the manifest last, so a copy with one is complete) under a
+    name of its content: two datasets of one folder name never share a `shards/` folder."""
     if not storage.remote:
         return str(prepared)
-    copy = storage.child(PREPARED_COPIES).child(prepared.name)
     manifest = (prepared / MANIFEST).read_text()
+    digest = hashlib.sha256(manifest.encode()).hexdigest()[:10]
+    copy = storage.child(PREPARED_COPIES).child(f"{prepared.name}-{digest}")
     if copy.exists(MANIFEST) and copy.read_text(MANIFEST) == manifest:
         return copy.uri
     log.info("copying the prepared dataset %s to %s", prepared, copy.uri)
@@ -309,7 +311,8 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
     joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
     if not ray.is_initialized():
-        ray.init(address=address, configure_logging=False)
+        # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
+        ray.init(address=address if joined else "local", configure_logging=False)
     check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
     trainable = tune.with_resources(

@@ -1,50 +1,27 @@
-"""Shared fixtures: real images (the bundled sample, and ../shared/data when present), a small
-prepared dataset, and one local Ray instance for the whole session."""
+"""Fixtures: a small prepared dataset of real images, one local Ray instance of the suite's own,
+and a real S3 server. Everything else the tests share is in `helpers.py`."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "datasets" / "isic-sample"
-SHARED = ROOT.parent / "shared"
-SHARED_DATA = SHARED / "data"
-SHARED_WEIGHTS = SHARED / "weights"
+from tests.helpers import copy_subset, running_s3_server
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-
-def needs_shared(path: Path) -> pytest.MarkDecorator:
-    return pytest.mark.skipif(not path.exists(), reason=f"{path} is not available")
-
-
-def copy_subset(destination: Path, per_class: int, source: Path = SAMPLE, skip: int = 0) -> Path:
-    """A folder-per-class source holding `per_class` real images of each class, after the first `skip`."""
-    for name in ("benign", "malignant"):
-        (destination / name).mkdir(parents=True, exist_ok=True)
-        for path in sorted((source / name).glob("*.jpg"))[skip : skip + per_class]:
-            shutil.copy(path, destination / name / path.name)
-    return destination
+# seconds a test may take, its fixtures' set-up included (a shared Ray instance, a prepared dataset),
+# before it fails as hung
+FAST_LIMIT_S, SLOW_LIMIT_S = 600, 1800
 
 
-def checkpoint_meta(**fields):
-    """A checkpoint's meta.json content with every required field filled in; `fields` override."""
-    from trainables.checkpoint import CheckpointMeta
-
-    required = {"backbone": "test_efficientnet", "classes": ["benign", "malignant"], "image_size": 64}
-    required |= {"mean": [0.5] * 3, "std": [0.5] * 3, "metrics": {}}
-    return CheckpointMeta(**{**required, **fields})
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            limit = SLOW_LIMIT_S if item.get_closest_marker("slow") else FAST_LIMIT_S
+            item.add_marker(pytest.mark.timeout(limit))
 
 
 @pytest.fixture(scope="session")
@@ -61,52 +38,13 @@ def small_prepared(tmp_path_factory, small_source) -> Path:
     return out
 
 
-def tiny_spec(root: Path, name: str, per_class: int = 24, **sections: dict) -> dict:
-    """The raw spec of the end-to-end tests: EfficientNet-Lite0 (packaged ImageNet weights) on
-    `per_class` real images of each class at 64 px, 3 folds, FIFO; `sections` update its sections."""
-    spec: dict = {
-        "name": name,
-        "data": {
-            "source": str(copy_subset(root / "source", per_class=per_class)),
-            "folds": 3,
-            "image_size": 64,
-            "cache": str(root / "prepared"),
-        },
-        "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
-        "train": {"epochs": 3, "weights": "package"},
-        "scheduler": {"type": "fifo"},
-        "storage": str(root / "runs"),
-    }
-    for section, values in sections.items():
-        spec[section] = {**spec.get(section, {}), **values}
-    return spec
-
-
-def pids_with(marker: bytes) -> set[int]:
-    """Processes whose command line contains `marker` (Linux /proc)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
-                pids.add(int(entry.name))
-        except OSError:
-            continue  # the process ended while we looked
-    return pids
-
-
-def write_yaml(path: Path, data: dict) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
 
-    # the dashboard stays on: without it a trial stopped by ASHA never gives its CPU back
-    ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
+    # the dashboard stays on: without it a trial stopped by ASHA never gives its CPU back; "local":
+    # a new instance of the suite's own, never a cluster that `ray start` left running on the machine
+    ray.init(address="local", num_cpus=2, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -122,71 +60,7 @@ def without_local_ray():
     yield
     ray.shutdown()
     if was_running:
-        ray.init(num_cpus=2, configure_logging=False, log_to_driver=False)
-
-
-@dataclass
-class S3Server:
-    """A real S3 API (moto's server) on loopback; `env` points AWS clients at it."""
-
-    url: str
-    env: dict[str, str]
-    process: subprocess.Popen
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=10)
-
-    def client(self):
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.url,
-            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
-            region_name=self.env["AWS_DEFAULT_REGION"],
-        )
-
-    def create_bucket(self, name: str) -> str:
-        self.client().create_bucket(Bucket=name)
-        return name
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextmanager
-def running_s3_server() -> Iterator[S3Server]:
-    """moto's S3 server on a free loopback port, stopped on exit (or by `server.stop()`)."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "moto's S3 server did not start"
-            time.sleep(0.2)
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    try:
-        yield S3Server(env["AWS_ENDPOINT_URL"], env, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        ray.init(address="local", num_cpus=2, configure_logging=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="session")

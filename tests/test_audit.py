@@ -1,6 +1,7 @@
 """Duplicate detection, grouped folds and external sets, on real images."""
 
 import io
+import itertools
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -8,9 +9,9 @@ from PIL import Image, ImageEnhance
 
 from orchestrator.data.audit import NEAR_DUPLICATE_BITS, clusters, near_pairs, perceptual_hash
 from orchestrator.data.dataset_format import read_manifest
-from orchestrator.data.duplicate_sheet import sheet
+from orchestrator.data.duplicate_sheet import LABEL, TILE, sheet
 from orchestrator.data.prepare import prepare
-from tests.conftest import SAMPLE, SHARED_DATA, copy_subset, needs_shared
+from tests.helpers import SAMPLE, SHARED_DATA, copy_subset, needs_shared
 
 
 def reencoded(image: Image.Image, size: int, quality: int) -> Image.Image:
@@ -57,8 +58,8 @@ def test_near_duplicates_share_a_fold_and_are_reported(tmp_path):
     fold = dict(zip(rows["image_id"], rows["fold"], strict=True))
     for path in originals:
         assert fold[f"malignant/{path.stem}"] == fold[f"malignant/copy-{path.stem}"]
-    sheet(tmp_path / "out", tmp_path / "pairs.png", count=4)
-    assert Image.open(tmp_path / "pairs.png").size[0] > 0
+    assert sheet(tmp_path / "out", tmp_path / "pairs.png", count=4) == 3
+    assert_pairs_side_by_side(tmp_path / "pairs.png", 3)
 
 
 def test_exact_copies_are_listed(tmp_path):
@@ -79,10 +80,22 @@ def test_against_drops_what_the_reference_already_has(tmp_path):
     manifest = prepare(second, tmp_path / "ext", image_size=64, folds=2, workers=1, against=tmp_path / "ref")
     assert manifest.against.dropped == 20 and reference.counts.total == 20
     assert manifest.counts.total == 12
-    assert (
-        sheet(tmp_path / "ext", tmp_path / "dropped.png", count=6) == 6
-    )  # dropped images come from the source
-    assert Image.open(tmp_path / "dropped.png").getbbox() is not None
+    assert sheet(tmp_path / "ext", tmp_path / "dropped.png", count=6) == 6  # read from the source
+    assert_pairs_side_by_side(tmp_path / "dropped.png", 6)
+
+
+def assert_pairs_side_by_side(path, pairs: int, columns: int = 4) -> None:
+    """Each of the sheet's `pairs` tiles shows an image (not the blank canvas) beside its duplicate
+    (nearly the same pixels), and the pairs differ from one another."""
+    canvas = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    lefts = []
+    for k in range(pairs):
+        x, y = (k % columns) * (2 * TILE + 8), LABEL + (k // columns) * (TILE + LABEL + 4) + LABEL
+        left, right = canvas[y : y + TILE, x : x + TILE], canvas[y : y + TILE, x + TILE : x + 2 * TILE]
+        assert left.std() > 10 and right.std() > 10, f"pair {k}: a blank tile"
+        assert np.abs(left - right).mean() < 12, f"pair {k}: the two tiles are not the same image"
+        lefts.append(left)
+    assert all(np.abs(a - b).mean() > 12 for a, b in itertools.pairwise(lefts)), "a pair shown twice"
 
 
 def grouped_fold_check(prepared):

@@ -5,7 +5,7 @@ import torch
 
 from orchestrator.errors import UserError
 from orchestrator.hub_check import check_weights
-from tests.conftest import SHARED_WEIGHTS, needs_shared
+from tests.helpers import SHARED_WEIGHTS, needs_shared
 from trainables.backbones import WeightSource, check_backbone, create_backbone, input_config
 from trainables.package_weights import efficientnet_lite0_state_dict, map_by_position
 

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-
-SPEC = """name: t
-data: {{source: {source}}}
-search: {{backbone: {backbone}, lr: 0.001}}
-train: {{epochs: 1, weights: {weights}}}
-storage: {storage}
-"""
+from tests.helpers import ROOT, spec_dict, write_yaml
 
 
 def run(*args, env=None, cwd=ROOT):
@@ -41,9 +34,13 @@ def assert_user_error(done, *expected):
 
 
 def write_spec(tmp_path: Path, source="datasets/isic-sample", backbone="test_efficientnet", weights="none"):
-    path = tmp_path / "spec.yaml"
-    path.write_text(SPEC.format(source=source, backbone=backbone, weights=weights, storage=tmp_path / "runs"))
-    return path
+    raw = spec_dict(
+        data={"source": str(source)},
+        search={"backbone": backbone},
+        train={"weights": weights},
+        storage=str(tmp_path / "runs"),
+    )
+    return write_yaml(tmp_path / "spec.yaml", raw)
 
 
 def test_spec_file_that_does_not_exist(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import tiny_spec
+from tests.helpers import tiny_spec
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import yaml
 
 from orchestrator.cluster_config import check, main
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CLUSTER = ROOT / "cluster.yaml"
 

@@ -4,13 +4,12 @@ import pytest
 
 from orchestrator.config import DEFAULT_SPEC, PROJECT_ROOT, load_spec, parse_spec
 from orchestrator.errors import UserError
+from tests.helpers import spec_dict
 
-BASE = {
-    "name": "t",
-    "data": {"source": "images"},
-    "search": {"backbone": ["resnet18", "test_efficientnet"], "lr": [1e-3, 1e-4], "optimizer": "adam"},
-    "train": {"epochs": 2, "weights": "none"},
-}
+BASE = spec_dict(
+    search={"backbone": ["resnet18", "test_efficientnet"], "lr": [1e-3, 1e-4], "optimizer": "adam"},
+    train={"epochs": 2},
+)
 
 
 def spec_with(**overrides):

@@ -14,7 +14,7 @@ from sklearn import metrics as sk
 
 from orchestrator.errors import UserError
 from orchestrator.evaluation import evaluate, predict
-from tests.conftest import ROOT, SAMPLE, checkpoint_meta
+from tests.helpers import ROOT, SAMPLE, checkpoint_meta
 from trainables.backbones import create_backbone, input_config
 from trainables.checkpoint import CheckpointMeta, save_checkpoint
 from trainables.inference import FlipRotateAverage

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import pids_with, tiny_spec
+from tests.helpers import own_train_workers, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +20,11 @@ def kill_worker_after_first_checkpoint(storage: Path, killed: list[int], timeout
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if any(storage.glob("*/checkpoints/*/checkpoint_*/meta.json")):
-            for pid in pids_with(b"RayTrainWorker"):
+            for pid in own_train_workers():
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
-            return
+            if killed:
+                return
         time.sleep(0.2)
 
 
@@ -42,3 +43,9 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
     epochs = [json.loads(line)["epoch"] for line in results]
     assert sorted(set(epochs)) == [1, 2, 3, 4]
     assert len(epochs) <= 5  # at most the epoch in flight is run again
+    # the trial went on from a checkpoint after the kill, not from the start
+    last = max(
+        run_dir.glob("checkpoints/*/checkpoint_*/meta.json"),
+        key=lambda p: json.loads(p.read_text())["metrics"]["epoch"],
+    )
+    assert json.loads(last.read_text())["resumed_after_epoch"] >= 1

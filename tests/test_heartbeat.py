@@ -13,6 +13,7 @@ from orchestrator.errors import UserError
 from orchestrator.heartbeat import HEARTBEAT, beating, check_not_live
 from orchestrator.storage import Storage
 from orchestrator.sweep import new_run_name, run_sweep, unfinished_run
+from tests.helpers import spec_dict
 
 
 def write_beat(run: Storage, **beat) -> None:
@@ -73,15 +74,7 @@ def test_a_driver_elsewhere_is_live_while_its_heartbeat_is_fresh(tmp_path):
 
 
 def test_resume_refuses_a_live_run_before_ray_starts(tmp_path, other_process):
-    spec = parse_spec(
-        {
-            "name": "live",
-            "data": {"source": str(tmp_path)},
-            "search": {"backbone": "test_efficientnet", "lr": 1e-3},
-            "train": {"epochs": 1, "weights": "none"},
-            "storage": str(tmp_path / "runs"),
-        }
-    )
+    spec = parse_spec(spec_dict("live", storage=str(tmp_path / "runs")))
     write_beat(Storage(spec.storage).child("live-run"), pid=other_process)
     with pytest.raises(UserError, match="live-run is still running"):
         run_sweep(spec, resume="live-run")

@@ -17,22 +17,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port, session_pids
 
 pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).parent / "ray")
 # the default experiment, shortened: 2 trials (both backbones) of 1 epoch
 SHORTER = ["--set", "train.epochs=1", "--set", "search.lr=[1.0e-3]", "--set", "search.optimizer=[adam]"]
-
-
-def session_pids(session: int) -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
-                pids.add(int(entry.name))
-    return pids
 
 
 @pytest.fixture

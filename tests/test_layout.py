@@ -56,3 +56,12 @@ def test_every_console_script_loads_and_runs():
         timeout=300,
     )
     assert done.returncode == 0 and done.stdout.startswith("usage: isic-prepare"), done.stderr[-2000:]
+
+
+def test_every_test_has_a_time_limit_that_fits_it(request):
+    """A hang fails its own test (pytest-timeout, signal method) instead of eating CI's budget."""
+    from tests.conftest import FAST_LIMIT_S, SLOW_LIMIT_S
+
+    for item in request.session.items:
+        limit = item.get_closest_marker("timeout").args[0]
+        assert limit == (SLOW_LIMIT_S if item.get_closest_marker("slow") else FAST_LIMIT_S), item.nodeid

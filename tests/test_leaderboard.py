@@ -2,7 +2,7 @@ import pandas as pd
 
 from orchestrator.storage import Storage
 from orchestrator.tuning.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
-from tests.conftest import checkpoint_meta
+from tests.helpers import checkpoint_meta
 from trainables.checkpoint import newest_complete
 
 

@@ -1,12 +1,13 @@
 """Two DDP workers in one trial (gloo on CPU): frozen start, all-reduced loss, a checkpoint per epoch."""
 
 import json
+import threading
 
 import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import tiny_spec
+from tests.helpers import own_train_workers, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,21 @@ def test_two_workers_train_one_trial(ray_local, tmp_path):
             resources={"workers_per_trial": 2, "cpus_per_worker": 0.5},
         )
     )
-    run_dir, frame = run_sweep(spec)
+    seen: list[int] = []
+    done = threading.Event()
+
+    def count_workers() -> None:  # the Train workers of this test's Ray instance, while the trial runs
+        while not done.wait(0.5):
+            seen.append(len(own_train_workers()))
+
+    counter = threading.Thread(target=count_workers)
+    counter.start()
+    try:
+        run_dir, frame = run_sweep(spec)
+    finally:
+        done.set()
+        counter.join()
+    assert max(seen) == 2, seen
     row = frame.iloc[0]
     assert row["status"] == "completed" and row["epochs_run"] == 2, row.to_dict()
     reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]

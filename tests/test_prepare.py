@@ -1,4 +1,6 @@
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from orchestrator.data.decode import load_resized
 from orchestrator.data.folds import assign_folds
 from orchestrator.data.prepare import prepare
 from orchestrator.errors import UserError
-from tests.conftest import SAMPLE, copy_subset
+from tests.helpers import ROOT, SAMPLE, copy_subset
 
 
 def table(prepared):
@@ -173,3 +175,18 @@ def test_refuses_a_folder_that_holds_something_else(tmp_path, small_source):
     with pytest.raises(UserError, match="not an empty folder"):
         prepare(small_source, tmp_path / "out")
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+def test_two_processes_preparing_one_cache_entry_both_get_it(small_source, tmp_path):
+    out = tmp_path / "cache" / "entry"
+    code = "import sys; from pathlib import Path; from orchestrator.data.prepare import prepare_once; "
+    code += "prepare_once(Path(sys.argv[1]), Path(sys.argv[2]), 32, 2, workers=1)"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(small_source), str(out)], cwd=ROOT, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    errors = [run.communicate(timeout=300)[1].decode() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], errors
+    assert read_manifest(out).counts.total == 40 and [p.name for p in out.parent.iterdir()] == ["entry"]

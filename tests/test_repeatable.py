@@ -5,7 +5,7 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.conftest import copy_subset
+from tests.helpers import tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -13,24 +13,11 @@ COMPARED = ["best_train_loss", "best_val_auc", "best_val_loss", "last_train_loss
 
 
 def _spec(root, name: str, val_fold) -> dict:
-    return {
-        "name": name,
-        "data": {
-            "source": str(root / "source"),
-            "folds": 3,
-            "val_fold": val_fold,
-            "image_size": 48,
-            "cache": str(root / "prepared"),
-        },
-        "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 16},
-        "train": {"epochs": 2, "weights": "package", "seed": 5},
-        "scheduler": {"type": "fifo"},
-        "storage": str(root / "runs"),
-    }
+    data = {"val_fold": val_fold, "image_size": 48}
+    return tiny_spec(root, name, per_class=15, data=data, train={"epochs": 2, "seed": 5})
 
 
 def test_same_seed_same_numbers_and_folds_aggregate(ray_local, tmp_path):
-    copy_subset(tmp_path / "source", per_class=15)
     cv_dir, cv = run_sweep(parse_spec(_spec(tmp_path, "cv", "all")))
     _, again = run_sweep(parse_spec(_spec(tmp_path, "again", 0)))
 

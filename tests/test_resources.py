@@ -6,17 +6,11 @@ import ray
 from orchestrator.config import parse_spec
 from orchestrator.errors import UserError
 from orchestrator.sweep import check_gpus, concurrent_trials
-
-BASE = {
-    "name": "r",
-    "data": {"source": "images"},
-    "search": {"backbone": "resnet18", "lr": 1e-3},
-    "train": {"epochs": 1},
-}
+from tests.helpers import spec_dict
 
 
 def spec(**resources):
-    return parse_spec({**BASE, "resources": resources})
+    return parse_spec(spec_dict("r", search={"backbone": "resnet18"}, resources=resources))
 
 
 @pytest.fixture

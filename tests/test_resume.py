@@ -3,8 +3,6 @@ checkpoint, leaves the finished one alone, and the leaderboard is complete."""
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, tiny_spec, write_yaml
+from tests.helpers import ROOT, kill_session, tiny_spec, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -44,18 +42,6 @@ def registered_checkpoints(run_dir: Path) -> dict[str, dict[str, int]]:
 def reported_epochs(run_dir: Path, trial: str) -> list[int]:
     lines = (run_dir / trial / "result.json").read_text().splitlines()
     return [json.loads(line)["epoch"] for line in lines]
-
-
-def kill_session(session: int) -> int:
-    """SIGKILL every process of a session at once, like a crashed machine: the driver and the Ray
-    instance it started (Ray's actors have process groups of their own, not sessions)."""
-    killed = 0
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError, ValueError):
-            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-    return killed
 
 
 def test_killed_driver_resumes_unfinished_trials_only(tmp_path, without_local_ray):

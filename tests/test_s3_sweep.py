@@ -11,7 +11,7 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import running_s3_server, tiny_spec, write_yaml
+from tests.helpers import running_s3_server, tiny_spec, write_yaml
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import torch
 
 from orchestrator.config import load_spec
 from orchestrator.errors import UserError
-from tests.conftest import checkpoint_meta
+from tests.helpers import checkpoint_meta
 from trainables.backbones import create_backbone
 from trainables.checkpoint import load_checkpoint
 

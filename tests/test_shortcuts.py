@@ -12,7 +12,7 @@ from PIL import Image
 
 from orchestrator.data.prepare import prepare
 from orchestrator.data.shortcuts import WARN_AT, main
-from tests.conftest import SAMPLE
+from tests.helpers import SAMPLE
 
 PER_CLASS = 60
 

@@ -1,14 +1,17 @@
 """Each ISIC layout, built as a tiny fixture from real images, read back with the right labels."""
 
 import csv
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
+from orchestrator.data.dataset_format import read_manifest
+from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import detect_layout, read_source
 from orchestrator.errors import UserError
-from tests.conftest import SAMPLE, SHARED_DATA, needs_shared
+from tests.helpers import SAMPLE, SHARED_DATA, needs_shared
 
 IMAGES = sorted((SAMPLE / "benign").glob("*.jpg"))[:4] + sorted((SAMPLE / "malignant").glob("*.jpg"))[:4]
 
@@ -27,7 +30,7 @@ IDS = [f"ISIC_{n:07d}" for n in range(8)]
 
 
 def labels_of(root, **kwargs):
-    layout, classes, images = read_source(root, **kwargs)
+    layout, classes, images, _ = read_source(root, **kwargs)
     return layout, {i.image_id: i.label for i in images}, {i.image_id: i.meta for i in images}
 
 
@@ -134,6 +137,22 @@ def test_a_csv_that_names_no_image_on_disk_is_a_user_error(tmp_path):
         read_source(root)
 
 
+def test_rows_whose_image_is_missing_are_counted_and_named(tmp_path, caplog):
+    rows = [["image_id", "melanoma", "seborrheic_keratosis"]]
+    rows += [[image_id, "1.0" if n % 2 else "0.0", "0.0"] for n, image_id in enumerate(IDS)]
+    root = lay_out(tmp_path / "src", IDS, {"X_Part3_GroundTruth.csv": rows})
+    for image_id in IDS[-2:]:
+        (root / "images" / f"{image_id}.jpg").unlink()
+    with caplog.at_level(logging.WARNING):
+        listing = read_source(root)
+    assert listing.missing == IDS[-2:] and len(listing.images) == 6
+    assert (
+        f"2 of the 8 images its ground truth lists have no image file under it (e.g. {IDS[-2]}" in caplog.text
+    )
+    prepare(root, tmp_path / "out", image_size=32, folds=2, workers=1)
+    assert read_manifest(tmp_path / "out").sources[0].listed_without_image == 2
+
+
 def test_unknown_layout(tmp_path):
     with pytest.raises(UserError, match="unknown layout 'isic2030'"):
         read_source(tmp_path, layout="isic2030")
@@ -145,7 +164,7 @@ def test_folder_per_class_is_the_fallback():
 
 @needs_shared(SHARED_DATA / "isic2017-256")
 def test_real_isic2017_counts():
-    layout, classes, images = read_source(SHARED_DATA / "isic2017-256")
+    layout, classes, images, _ = read_source(SHARED_DATA / "isic2017-256")
     assert layout == "isic2017" and len(images) == 2150
     diagnoses = [i.meta["diagnosis"] for i in images]
     assert diagnoses.count("melanoma") == 404 and sum(i.label for i in images) == 404
@@ -156,7 +175,7 @@ def test_every_layout_has_a_dataset_card():
     import yaml
 
     from orchestrator.data.sources import READERS
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     cards = {p.stem: yaml.safe_load(p.read_text()) for p in (ROOT / "datasets" / "cards").glob("*.yaml")}
     assert set(cards) == set(READERS)
@@ -202,7 +221,7 @@ def test_folders_of_unknown_names_need_the_malignant_one_named(tmp_path):
     root = folders(tmp_path, "cancer", "healthy")
     with pytest.raises(UserError, match=r"which of cancer/, healthy/ is the malignant class.*malignant: \["):
         read_source(root)
-    _, classes, images = read_source(root, malignant=frozenset({"cancer"}))
+    _, classes, images, _ = read_source(root, malignant=frozenset({"cancer"}))
     assert classes == ["healthy", "cancer"] and {i.image_id: i.label for i in images} == {
         "healthy/1": 0,
         "cancer/1": 1,

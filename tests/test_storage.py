@@ -14,7 +14,7 @@ import pytest
 from orchestrator.errors import UserError
 from orchestrator.storage import Storage, StorageError, local_copy, normalise
 from orchestrator.tuning import leaderboard
-from tests.conftest import ROOT, checkpoint_meta, free_port
+from tests.helpers import ROOT, checkpoint_meta, free_port
 
 
 def test_storage_forms(tmp_path):
@@ -165,6 +165,44 @@ def test_prepared_dataset_from_s3_is_downloaded_once(s3_server, monkeypatch, tmp
     assert '"changed": 1' in (copy / "manifest.json").read_text()
     with pytest.raises(UserError, match="is not a prepared dataset"):
         local_prepared(f"s3://{bucket}/prepared/none", tmp_path / "cache")
+
+
+def test_a_download_cut_short_is_not_taken_for_a_copy(s3_server, monkeypatch, tmp_path):
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.create_bucket("cut-short")
+    remote = Storage(f"s3://{bucket}/runs/checkpoint_1")
+    remote.write_atomic("model.safetensors", b"\1" * 1000)
+    remote.write_atomic("meta.json", b"{}")
+    remote.write_atomic(
+        "meta.json/x", b"{}"
+    )  # a key no local folder can hold beside the file: the copy fails
+    target = tmp_path / "cache" / bucket / "runs" / "checkpoint_1"
+    for _ in range(2):  # and fails again, rather than handing over what the first try left
+        with pytest.raises(StorageError, match=f"cannot read s3://{bucket}/runs/checkpoint_1"):
+            local_copy(remote.uri, tmp_path / "cache")
+        assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_two_datasets_of_one_folder_name_never_share_shards(s3_server, monkeypatch, tmp_path, small_source):
+    from orchestrator.data.dataset_format import read_manifest
+    from orchestrator.data.prepare import prepare
+    from orchestrator.sweep import shared_prepared
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    runs = Storage(f"s3://{s3_server.create_bucket('shared')}/runs")
+    copies = []
+    for rows in (10, 512):  # four shards, then one, in a folder of the same name
+        prepared = tmp_path / str(rows) / "data"
+        prepare(small_source, prepared, image_size=32, folds=2, workers=1, shard_rows=rows)
+        copies.append(Storage(shared_prepared(runs, prepared)))
+        shards = {shard.file for shard in read_manifest(prepared).shards}
+        assert {f for f in copies[-1].files() if f.startswith("shards/")} == shards
+    assert copies[0].uri != copies[1].uri and copies[0].uri.startswith(f"{runs.uri}/")
+    assert (
+        shared_prepared(runs, tmp_path / "512" / "data") == copies[1].uri
+    )  # the same content: the same copy
 
 
 def test_checkpoint_meta_reads_older_checkpoints_and_names_a_missing_key(tmp_path):

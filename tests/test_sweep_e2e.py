@@ -10,7 +10,7 @@ from orchestrator.config import parse_spec
 from orchestrator.evaluation.evaluate import evaluate_fold
 from orchestrator.heartbeat import HEARTBEAT
 from orchestrator.sweep import run_sweep
-from tests.conftest import copy_subset
+from tests.helpers import copy_subset
 
 pytestmark = pytest.mark.slow
 

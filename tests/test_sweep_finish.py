@@ -12,7 +12,7 @@ from orchestrator.data.dataset_format import read_manifest
 from orchestrator.errors import UserError
 from orchestrator.storage import Storage
 from orchestrator.sweep import finish, preflight
-from tests.conftest import checkpoint_meta
+from tests.helpers import checkpoint_meta, spec_dict
 from trainables.backbones import create_backbone
 from trainables.checkpoint import save_checkpoint
 
@@ -26,16 +26,8 @@ def checkpoint(tmp_path_factory):
 
 
 def spec_testing_on(prepared, tests, storage):
-    return parse_spec(
-        {
-            "name": "finish",
-            "data": {"prepared": str(prepared), "folds": 4},
-            "search": {"backbone": "test_efficientnet", "lr": 1e-3},
-            "train": {"epochs": 1, "weights": "none"},
-            "evaluation": {"test": [str(test) for test in tests], "bootstrap": 10},
-            "storage": str(storage),
-        }
-    )
+    raw = spec_dict("finish", evaluation={"test": [str(test) for test in tests], "bootstrap": 10})
+    return parse_spec({**raw, "data": {"prepared": str(prepared), "folds": 4}, "storage": str(storage)})
 
 
 def finished(spec, prepared, checkpoint, run_dir):

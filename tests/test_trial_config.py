@@ -9,6 +9,7 @@ import pytest
 from orchestrator.config import parse_spec
 from orchestrator.data.dataset_format import read_manifest
 from orchestrator.tuning.trial import trial_config
+from tests.helpers import spec_dict
 from trainables.train_loop import META_KEYS
 from trainables.trial_config import TrialConfig
 
@@ -16,10 +17,11 @@ from trainables.trial_config import TrialConfig
 def spec(prepared, **data):
     return parse_spec(
         {
-            "name": "t",
+            **spec_dict(
+                search={"backbone": "efficientnet_lite0", "batch_size": 8},
+                train={"epochs": 3, "freeze_epochs": 1, "weights": "package"},
+            ),
             "data": {"prepared": str(prepared), "folds": 4, "image_size": 48, **data},
-            "search": {"backbone": "efficientnet_lite0", "lr": 1e-3, "batch_size": 8},
-            "train": {"epochs": 3, "freeze_epochs": 1, "weights": "package"},
         }
     )
 

@@ -18,7 +18,7 @@ from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import Source
 from orchestrator.errors import UserError
 from orchestrator.evaluation.evaluate import evaluate_fold
-from tests.conftest import SHARED_DATA, copy_subset, needs_shared, write_yaml
+from tests.helpers import SHARED_DATA, copy_subset, needs_shared, write_yaml
 from tests.test_cli_errors import assert_user_error, run
 
 KAGGLE = SHARED_DATA / "kaggle-isic-224" / "train"

@@ -64,6 +64,7 @@ class SourceEntry(_Record):
     name: str
     layout: str
     images: int
+    listed_without_image: int = 0  # ground-truth rows whose image file was missing (older: not counted)
 
 
 class Audit(_Record):

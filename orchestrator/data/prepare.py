@@ -230,6 +230,20 @@ def _also_in(records: list[Record], groups: np.ndarray, dropped: dict[int, str])
     }
 
 
+def prepare_once(source: Path | list[Source], out: Path, *args, **kwargs) -> Path:
+    """`out`, prepared from `source` unless it already holds a prepared dataset (a cache entry);
+    another process that prepares the same folder at the same time is no error."""
+    if (out / MANIFEST).exists():
+        log.info("using the prepared dataset %s", out)
+        return out
+    try:
+        prepare(source, out, *args, **kwargs)
+    except UserError:
+        if not (out / MANIFEST).exists():
+            raise
+    return out
+
+
 def prepare(
     source: Path | list[Source],
     out: Path,
@@ -262,13 +276,13 @@ def prepare(
         read_manifest(against)
     read = read_sources(sources)
     several = len(sources) > 1
-    classes = BINARY_CLASSES if several else read[0][2]
+    classes = BINARY_CLASSES if several else read[0][1].classes
     images = [
         (src.name, replace(image, image_id=f"{src.name}/{image.image_id}") if several else image)
-        for src, _, _, found in read
-        for image in found
+        for src, listing in read
+        for image in listing.images
     ]
-    names = ", ".join(f"{src.name} ({len(found)})" for src, _, _, found in read)
+    names = ", ".join(f"{src.name} ({len(listing.images)})" for src, listing in read)
     log.info("preparing %d images of %s from %s at %d px", len(images), classes, names, image_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -298,11 +312,16 @@ def prepare(
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": str(sources[0].path) if not several else [str(src.path) for src in sources],
-            "layout": read[0][1] if not several else [layout for _, layout, _, _ in read],
+            "layout": read[0][1].layout if not several else [listing.layout for _, listing in read],
             "malignant": sources[0].describe()["malignant"] if not several else "per source",
             "sources": [
-                {**src.describe(), "layout": found_layout, "images": len(found)}
-                for src, found_layout, _, found in read
+                {
+                    **src.describe(),
+                    "layout": listing.layout,
+                    "images": len(listing.images),
+                    "listed_without_image": len(listing.missing),
+                }
+                for src, listing in read
             ],
             "classes": classes,
             "positive_class": classes[-1],
@@ -329,9 +348,12 @@ def prepare(
                 ],
             }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            out.rmdir()  # only an empty folder gets here; anything else was refused above
-        staging.rename(out)
+        try:
+            if out.exists():
+                out.rmdir()  # only an empty folder gets here; anything else was refused above
+            staging.rename(out)
+        except OSError:
+            raise UserError(f"{out} was written by another process while this one prepared it") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from orchestrator.errors import UserError
 
@@ -75,6 +76,18 @@ class SourceImage:
     meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
 
+Found = tuple[list[SourceImage], list[str]]  # the images, and the ids listed without an image file
+
+
+class Listing(NamedTuple):
+    """What reading a source found."""
+
+    layout: str
+    classes: list[str]
+    images: list[SourceImage]
+    missing: list[str]  # ids its ground truth lists whose image file is not under the root
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
@@ -123,9 +136,7 @@ def class_names(root: Path, malignant: frozenset[str] | None = None) -> list[str
     return [name for name in names if name not in positive] + positive
 
 
-def read_folder_per_class(
-    root: Path, malignant: frozenset[str] | None
-) -> tuple[list[str], list[SourceImage]]:
+def read_folder_per_class(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     classes = class_names(root, malignant)
     images = [
         SourceImage(path, f"{name}/{path.stem}", label)
@@ -133,7 +144,7 @@ def read_folder_per_class(
         for path in sorted((root / name).iterdir())
         if _is_image(path)
     ]
-    return classes, images
+    return classes, (images, [])
 
 
 class _Index:
@@ -142,15 +153,17 @@ class _Index:
     def __init__(self, root: Path) -> None:
         self.by_id = {p.stem: p for p in sorted(root.rglob("*")) if _is_image(p)}
 
-    def resolve(self, rows: list[tuple[str, int, dict[str, str]]], source: str) -> list[SourceImage]:
+    def resolve(self, rows: list[tuple[str, int, dict[str, str]]], source: str) -> Found:
+        """The images of `rows` (id, label, meta) and the ids of those with no file under the root."""
         missing = [image_id for image_id, _, _ in rows if image_id not in self.by_id]
         if missing and len(missing) == len(rows):
             raise UserError(f"{source}: none of the {len(rows)} images it lists were found under the root")
-        return [
+        images = [
             SourceImage(self.by_id[image_id], image_id, label, {k: v for k, v in meta.items() if v})
             for image_id, label, meta in rows
             if image_id in self.by_id
         ]
+        return images, missing
 
 
 def _metadata(root: Path, id_column: str) -> dict[str, dict[str, str]]:
@@ -172,7 +185,7 @@ def _binary(label: str) -> int | None:
     return {"benign": 0, "malignant": 1, "0": 0, "1": 1, "0.0": 0, "1.0": 1}.get(text)
 
 
-def read_isic2016(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
+def read_isic2016(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     rows = []
     for path in sorted(root.glob("ISBI2016_ISIC_Part3_*GroundTruth.csv")):
         with path.open(newline="") as handle:
@@ -182,7 +195,7 @@ def read_isic2016(root: Path, malignant: frozenset[str] | None) -> tuple[list[st
     return BINARY_CLASSES, _Index(root).resolve(rows, "ISIC 2016 ground truth")
 
 
-def read_isic2017(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
+def read_isic2017(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     metadata = _metadata(root, "image_id")
     rows = []
     for path in sorted(root.glob("*Part3_GroundTruth.csv")):
@@ -197,9 +210,7 @@ def read_isic2017(root: Path, malignant: frozenset[str] | None) -> tuple[list[st
     return BINARY_CLASSES, _Index(root).resolve(rows, "ISIC 2017 ground truth")
 
 
-def _read_one_hot(
-    root: Path, malignant: frozenset[str] | None, columns: set[str]
-) -> tuple[list[str], list[SourceImage]]:
+def _read_one_hot(root: Path, malignant: frozenset[str] | None, columns: set[str]) -> tuple[list[str], Found]:
     metadata = {**_metadata(root, "image"), **_metadata(root, "image_id")}
     malignant = malignant or ONE_HOT_MALIGNANT
     rows = []
@@ -223,17 +234,17 @@ ISIC2018_COLUMNS = {"image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"}
 ISIC2019_COLUMNS = {"image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"}
 
 
-def read_isic2018(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
+def read_isic2018(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     return _read_one_hot(root, malignant, ISIC2018_COLUMNS)
 
 
-def read_isic2019(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
+def read_isic2019(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     return _read_one_hot(root, malignant, ISIC2019_COLUMNS)
 
 
 def _read_table(
     root: Path, malignant: frozenset[str] | None, id_column: str, required: set[str], columns: dict[str, str]
-) -> tuple[list[str], list[SourceImage]]:
+) -> tuple[list[str], Found]:
     """Sources with one row per image and a benign_malignant field (ISIC 2020, archive exports)."""
     rows, skipped = [], 0
     for path in sorted(root.glob("*.csv")):
@@ -263,17 +274,17 @@ ISIC_METADATA_COLUMNS = {
 }
 
 
-def read_isic2020(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
+def read_isic2020(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     columns = {**ISIC_METADATA_COLUMNS, "site": "anatom_site_general_challenge"}
     return _read_table(root, malignant, "image_name", {"image_name", "benign_malignant"}, columns)
 
 
-def read_isic_archive(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], list[SourceImage]]:
+def read_isic_archive(root: Path, malignant: frozenset[str] | None) -> tuple[list[str], Found]:
     columns = {**ISIC_METADATA_COLUMNS, "lesion_id": "lesion_id", "site": "anatom_site_general"}
     return _read_table(root, malignant, "isic_id", {"isic_id", "benign_malignant"}, columns)
 
 
-READERS: dict[str, Callable[[Path, frozenset[str] | None], tuple[list[str], list[SourceImage]]]] = {
+READERS: dict[str, Callable[[Path, frozenset[str] | None], tuple[list[str], Found]]] = {
     "folder-per-class": read_folder_per_class,
     "isic2016": read_isic2016,
     "isic2017": read_isic2017,
@@ -308,15 +319,16 @@ def detect_layout(root: Path) -> str:
 
 def read_source(
     root: Path, layout: str = "auto", malignant: frozenset[str] | None = None, subfolder: str | None = None
-) -> tuple[str, list[str], list[SourceImage]]:
-    """(layout, class names, images) of the source at `root` (only those under `subfolder`)."""
+) -> Listing:
+    """The source at `root` (only its images under `subfolder`); ground-truth rows whose image file
+    is missing are counted and named in a warning."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"data source not found or not a folder: {root}")
     layout = detect_layout(root) if layout == "auto" else layout
     if layout not in READERS:
         raise UserError(f"unknown layout '{layout}'; known: {', '.join(LAYOUTS)}")
-    classes, images = READERS[layout](root, malignant)
+    classes, (images, missing) = READERS[layout](root, malignant)
     if subfolder:
         inside = (root / subfolder).resolve()
         if not inside.is_dir():
@@ -324,24 +336,31 @@ def read_source(
         images = [image for image in images if image.path.resolve().is_relative_to(inside)]
     if not images:
         raise UserError(f"no usable images in {root / (subfolder or '')} (layout {layout})")
-    return layout, classes, images
+    if missing:
+        log.warning(
+            "%s: %d of the %d images its ground truth lists have no image file under it (e.g. %s); "
+            "they are left out",
+            root,
+            len(missing),
+            len(missing) + len(images),
+            ", ".join(missing[:3]),
+        )
+    return Listing(layout, classes, images, missing)
 
 
-def read_sources(sources: list[Source]) -> list[tuple[Source, str, list[str], list[SourceImage]]]:
-    """Every source read, each as (source, layout, classes, images); errors name the source. With
-    several sources each must be binary: label 1 is the malignant class of every one of them."""
+def read_sources(sources: list[Source]) -> list[tuple[Source, Listing]]:
+    """Every source read; errors name the source. With several sources each must be binary: label 1
+    is the malignant class of every one of them."""
     read = []
     for source in sources:
         try:
-            layout, classes, images = read_source(
-                source.path, source.layout, source.malignant, source.subfolder
-            )
+            listing = read_source(source.path, source.layout, source.malignant, source.subfolder)
         except UserError as err:
             raise UserError(f"source '{source.name}': {err}") from None
-        if len(sources) > 1 and len(classes) != 2:
+        if len(sources) > 1 and len(listing.classes) != 2:
             raise UserError(
-                f"source '{source.name}' has {len(classes)} classes ({', '.join(classes)}); "
+                f"source '{source.name}' has {len(listing.classes)} classes ({', '.join(listing.classes)}); "
                 "a multi-source study needs benign and malignant in each"
             )
-        read.append((source, layout, classes, images))
+        read.append((source, listing))
     return read

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from orchestrator.data.dataset_format import MANIFEST, SHARDS, read_manifest
-from orchestrator.data.prepare import prepare
+from orchestrator.data.prepare import prepare_once
 from orchestrator.data.sources import read_source
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import Options, Targets, bootstrap, threshold_free
@@ -156,8 +156,7 @@ def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, in
         return text, path, fold, source
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     prepared = cache / f"{path.name}-{image_size}px-{digest}"
-    if not (prepared / MANIFEST).exists():
-        prepare(path, prepared, image_size)
+    prepare_once(path, prepared, image_size)
     return text, prepared, None, None
 
 
