@@ -2,8 +2,9 @@
 the driver while the trials run and removed when they end, so that `--resume` never starts a
 second driver on a run whose first one is still going.
 
-A run is live while its heartbeat is fresh, or, on the machine that wrote it, while the process
-that wrote it is alive (a driver killed on this machine can be resumed at once).
+A run is live while its heartbeat is fresh and, on the machine that wrote it, the process that
+wrote it is alive (a driver killed on this machine can be resumed at once; one on another machine
+after FRESH_S seconds without a beat).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def _beat() -> dict:
 
 
 def check_not_live(run: Storage, fresh: float = FRESH_S) -> None:
-    """Raise a UserError when another driver is still running `run`."""
+    """Raise a UserError when another driver is still running `run`: its heartbeat is fresh and,
+    when it was written on this machine, the process that wrote it is alive."""
     if not run.exists(HEARTBEAT):
         return
     try:
@@ -61,16 +63,14 @@ def check_not_live(run: Storage, fresh: float = FRESH_S) -> None:
         host, pid, age = beat["host"], int(beat["pid"]), time.time() - float(beat["time"])
     except (ValueError, KeyError, TypeError):
         return  # cut short: its writer died mid-write
-    if host == socket.gethostname():
-        live = pid != os.getpid() and _alive(pid)
-        who = f"process {pid} on this machine"
-    else:
-        live = age < fresh
-        who = f"a driver on {host}, heard from {age:.0f} s ago"
-    if live:
-        raise UserError(
-            f"{run.uri} is still running ({who}); wait for it to finish, or stop it first and resume then"
-        )
+    here = host == socket.gethostname()
+    if age >= fresh or (here and (pid == os.getpid() or not _alive(pid))):
+        return
+    who = f"process {pid} on this machine" if here else f"a driver on {host}"
+    raise UserError(
+        f"{run.uri} is still running ({who}, heard from {age:.0f} s ago); wait for it to finish or "
+        f"stop it, then resume; if no driver runs it any more, delete {run.uri_of(HEARTBEAT)}"
+    )
 
 
 def _alive(pid: int) -> bool:

@@ -51,16 +51,14 @@ def local_copy(location: str, cache: Path) -> Path:
     return target
 
 
-def download_whole(storage: Storage, relative: str, target: Path, replace: bool = False) -> None:
+def download_whole(storage: Storage, relative: str, target: Path) -> None:
     """Download the folder `relative` to `target`, which appears only once all of it is there (a
-    download cut short leaves no folder that looks complete). With `replace`, an older `target` is
-    replaced; without, a `target` that another process completed first is kept."""
+    download cut short leaves no folder that looks complete); a `target` that another process
+    completed first is kept."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         storage.download(relative, partial)
-        if replace:
-            shutil.rmtree(target, ignore_errors=True)
         try:
             partial.rename(target)
         except OSError:

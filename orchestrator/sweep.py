@@ -55,7 +55,7 @@ from orchestrator.storage import (
     staging_dir,
 )
 from orchestrator.tuning import leaderboard
-from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials
+from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials, failure
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import WeightSource, check_backbone
 
@@ -86,16 +86,22 @@ class LastEpochASHA(ASHAScheduler):
         return decision
 
 
-def preflight(spec: Spec) -> None:
-    """Everything that can be checked before Ray starts: backbones, their weights, test sources. A
-    weights mapping may name backbones the grid does not search (a narrowed grid), but no unknown ones."""
+def preflight(spec: Spec, tests: bool = True) -> None:
+    """Everything that can be checked before Ray starts: backbones, their weights, and (`tests`)
+    the test sets. A weights mapping may name backbones the grid does not search (a narrowed grid),
+    but no unknown ones."""
     if isinstance(spec.train.weights, dict):
         for name in spec.train.weights:
             if name != "default":
                 check_backbone(name)
     for backbone in spec.backbones():
         check_weights(backbone, WeightSource.parse(spec.train.weights_for(backbone)))
-    # a test set that cannot be read fails now, not after the training
+    if tests:
+        check_test_sets(spec)
+
+
+def check_test_sets(spec: Spec) -> None:
+    """A test set that cannot be read fails now, not after the training."""
     read_sources([test.source() for test in spec.evaluation.test if isinstance(test, SourceSpec)])
     for test in spec.evaluation.test:
         if not isinstance(test, SourceSpec):
@@ -149,18 +155,19 @@ def test_dataset(test: str | SourceSpec, prepared: Path, manifest: Manifest, cac
 
 
 def local_prepared(location: str, cache: Path) -> Path:
-    """A prepared dataset's folder: `location` itself, or for a URI a copy in `cache/remote/`,
-    downloaded again when the remote manifest differs from the copy's."""
+    """A prepared dataset's folder: `location` itself, or for a URI a copy in `cache/remote/`
+    named by its manifest's content, so that a changed remote dataset is downloaded beside the copy
+    another sweep may still be reading, never over it."""
     if not is_remote(location):
         return Path(location)
     remote = Storage(location)
     if not remote.exists(MANIFEST):
         raise UserError(f"{location} is not a prepared dataset (no {MANIFEST})")
-    copy = cache / "remote" / location.split("://", 1)[1]
-    manifest = remote.read_text(MANIFEST)
-    if not (copy / MANIFEST).is_file() or (copy / MANIFEST).read_text() != manifest:
+    digest = hashlib.sha256(remote.read_text(MANIFEST).encode()).hexdigest()[:10]
+    copy = cache / "remote" / f"{location.split('://', 1)[1]}-{digest}"
+    if not (copy / MANIFEST).is_file():
         log.info("downloading the prepared dataset %s to %s", location, copy)
-        download_whole(remote, "", copy, replace=True)
+        download_whole(remote, "", copy)
     return copy
 
 
@@ -183,6 +190,7 @@ def check_gpus(spec: Spec, local: bool) -> None:
         message = (
             "the spec asks for GPUs (resources.gpus_per_worker) but the Ray cluster has none; "
             "to train on CPU: --set resources.gpus_per_worker=0"
+            + ("; to use a cluster started with `ray start` on this machine: --address auto" if local else "")
         )
         if local:
             raise UserError(message)
@@ -283,7 +291,8 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
     """Run the spec's grid, or finish the unfinished trials of run `resume` (a run folder's name in
     the spec's storage); return the local folder holding the run's leaderboard, and its frame."""
     storage = Storage(spec.storage)
-    preflight(spec)
+    # a resumed run's test sets were prepared when it started: if they are gone, testing says so
+    preflight(spec, tests=not resume)
     if storage.remote:  # fail in seconds, not after preparing the data
         storage.check_writable()
     if resume:
@@ -363,11 +372,9 @@ def tested(
         return evaluate_top_trials(frame, spec, prepared, local_dir, report_sections(held_out, local_dir))
     except StorageError:
         raise
-    except Exception as err:  # the leaderboard is published: say why the test failed, keep the run
-        why = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
-        log.error("testing the best trials failed: %s", why, exc_info=not isinstance(err, UserError))
+    except Exception as err:  # the leaderboard is published: say why the tests failed, keep the run
         frame = frame.copy()
-        frame.loc[candidates(frame).head(spec.evaluation.top).index, TEST_ERROR] = why
+        frame.loc[candidates(frame).head(spec.evaluation.top).index, TEST_ERROR] = failure(err)
         return frame
 
 
@@ -472,6 +479,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.storage:
             spec = spec.model_copy(update={"storage": normalise(args.storage, Path.cwd())})
     run_dir, frame = run_sweep(spec, args.address, resume)
+    return summarise(spec, run_dir, frame)
+
+
+def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
+    """Print the leaderboard (and the cross-validation and held-out ones); the exit status: 1 when
+    every trial failed or a test of the best trials did."""
     metric = spec.scheduler.metric
     where = f"{spec.storage}/{run_dir.name}"
     print(f"\nLeaderboard ({metric}, best first) - full table: {where}/{LEADERBOARD}.md\n")
@@ -484,13 +497,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\nHeld-out sources (final epoch ROC-AUC on each, worst first):\n")
         print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
     print(f"TensorBoard: tensorboard --logdir {where}")
-    if TEST_ERROR in frame and frame[TEST_ERROR].notna().any():
-        print(f"\nTesting the best trials failed: {frame[TEST_ERROR].dropna().iloc[0]}")
-        print("The leaderboard above is complete; test its checkpoints again with isic-evaluate.")
-        return 1
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):
         print("every trial failed; see the 'error' column of the leaderboard")
+        return 1
+    if TEST_ERROR in frame and frame[TEST_ERROR].notna().any():
+        print(f"\nTesting the best trials failed: {frame[TEST_ERROR].dropna().iloc[0]}")
+        print("The leaderboard above is complete; test its checkpoints again with isic-evaluate.")
         return 1
     return 0
 

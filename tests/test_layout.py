@@ -62,6 +62,7 @@ def test_every_test_has_a_time_limit_that_fits_it(request):
     """A hang fails its own test (pytest-timeout, signal method) instead of eating CI's budget."""
     from tests.conftest import FAST_LIMIT_S, SLOW_LIMIT_S
 
+    assert request.config.pluginmanager.hasplugin("timeout")
     for item in request.session.items:
         limit = item.get_closest_marker("timeout").args[0]
         assert limit == (SLOW_LIMIT_S if item.get_closest_marker("slow") else FAST_LIMIT_S), item.nodeid

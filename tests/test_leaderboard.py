@@ -22,7 +22,8 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
     ):
         (tmp_path / "trial1" / name).mkdir(parents=True)
         (tmp_path / "trial1" / name / "model.safetensors").write_bytes(b"\0" * 100)
-        meta = checkpoint_meta(metrics={"val_auc": auc, "val_loss": loss}, files={"model.safetensors": 100})
+        metrics = {"val_auc": auc, "val_loss": loss, "epoch": int(name == "checkpoint_a")}
+        meta = checkpoint_meta(metrics=metrics, files={"model.safetensors": 100})
         (tmp_path / "trial1" / name / "meta.json").write_text(meta.to_json())
     (tmp_path / "trial1" / "checkpoint_d").mkdir()  # being written: no meta.json yet
     cut_short = tmp_path / "trial1" / "checkpoint_e"
@@ -41,5 +42,6 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
     assert best_checkpoint(kept["trial1"], "val_auc", "max")[0] == str(tmp_path / "trial1" / "checkpoint_b")
     assert best_checkpoint(kept["trial1"], "val_loss", "min")[0].endswith("checkpoint_a")
     assert best_checkpoint([], "val_auc", "max") is None
-    # resuming follows the same rule: checkpoint_g (epoch 9) is not complete, checkpoint_a-c have no epoch
-    assert newest_complete(str(tmp_path / "trial1")) is None
+    # resuming follows the same rule: checkpoint_g (epoch 9) records no files, checkpoint_e is cut
+    # short, and of the complete ones (epochs 1, 0, 0) checkpoint_a is the newest
+    assert newest_complete(str(tmp_path / "trial1")) == (1, str(tmp_path / "trial1" / "checkpoint_a"))

@@ -122,6 +122,16 @@ def test_a_class_held_by_fewer_patients_than_folds_is_refused_naming_them():
     assert set(assign_folds(labels, patients, folds=2, seed=0)[labels == 1]) == {0, 1}
 
 
+def test_a_test_set_needs_no_class_in_every_fold_and_one_group_is_never_enough_to_train():
+    labels = np.array([0] * 12 + [1] * 4)
+    patients = np.r_[np.arange(12), [100] * 4]  # four malignant images of one patient
+    assert len(set(assign_folds(labels, patients, folds=3, seed=0, every_class=False))) == 3
+    with pytest.raises(
+        UserError, match=r"1 of 1 \(an image.*\); folds need at least 2 of each, or add images"
+    ):
+        assign_folds(labels, patients, folds=3, seed=0)
+
+
 def test_a_fold_left_without_a_class_is_refused():
     """Mixed-label groups (a duplicate cluster labelled both ways) can defeat the stratification."""
     labels = np.array([0, 1, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 1])

@@ -219,8 +219,12 @@ def test_a_third_class_folder_is_refused_not_scored_as_binary(tmp_path):
 
 def test_folders_of_unknown_names_need_the_malignant_one_named(tmp_path):
     root = folders(tmp_path, "cancer", "healthy")
-    with pytest.raises(UserError, match=r"which of cancer/, healthy/ is the malignant class.*malignant: \["):
+    with pytest.raises(UserError) as caught:
         read_source(root)
+    assert str(caught.value).endswith(
+        "cannot tell which of cancer/, healthy/ is the malignant class; name it in the spec's source "
+        "(malignant: [cancer] or malignant: [healthy]) or with isic-prepare --malignant NAME"
+    )
     _, classes, images, _ = read_source(root, malignant=frozenset({"cancer"}))
     assert classes == ["healthy", "cancer"] and {i.image_id: i.label for i in images} == {
         "healthy/1": 0,

@@ -10,9 +10,9 @@ import torch
 from orchestrator.config import parse_spec
 from orchestrator.data.dataset_format import read_manifest
 from orchestrator.errors import UserError
-from orchestrator.storage import Storage
-from orchestrator.sweep import finish, preflight
-from tests.helpers import checkpoint_meta, spec_dict
+from orchestrator.storage import Storage, StorageError
+from orchestrator.sweep import finish, preflight, summarise
+from tests.helpers import checkpoint_meta, free_port, spec_dict
 from trainables.backbones import create_backbone
 from trainables.checkpoint import save_checkpoint
 
@@ -50,7 +50,7 @@ def test_the_leaderboard_gains_the_best_trials_test_columns(small_prepared, chec
 
 
 def test_a_test_that_fails_leaves_the_leaderboard_with_its_reason(
-    small_prepared, checkpoint, tmp_path, caplog
+    small_prepared, checkpoint, tmp_path, caplog, capsys
 ):
     unreadable = tmp_path / "unreadable"
     for name in ("benign", "malignant"):
@@ -63,7 +63,22 @@ def test_a_test_that_fails_leaves_the_leaderboard_with_its_reason(
     assert written["trial_id"].tolist() == ["a", "b"] and written["best_val_auc"].tolist() == [0.8, 0.7]
     reason = written["test_error"][0]
     assert "unreadable" in reason and pd.isna(written["test_error"][1])  # only the trial to be tested
-    assert f"testing the best trials failed: {reason}" in caplog.text
+    assert f"testing failed: {reason}" in caplog.text
+    assert summarise(spec, tmp_path / "run", frame) == 1  # after the leaderboard, the reason
+    assert f"Testing the best trials failed: {reason}" in capsys.readouterr().out
+
+
+def test_storage_that_fails_while_testing_leaves_the_published_leaderboard(
+    small_prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    spec = spec_testing_on(small_prepared, [f"{small_prepared}@1"], tmp_path)
+    with pytest.raises(StorageError, match="cannot read s3://bucket/runs/checkpoint_1"):
+        finished(spec, small_prepared, "s3://bucket/runs/checkpoint_1", tmp_path / "run")
+    assert pd.read_csv(tmp_path / "run" / "leaderboard.csv")["trial_id"].tolist() == ["a", "b"]
 
 
 @pytest.mark.parametrize(

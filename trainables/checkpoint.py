@@ -128,8 +128,8 @@ def is_complete(meta: CheckpointMeta, sizes: dict[str, int], folder: str) -> boo
 
 def complete_checkpoints(storage: Storage) -> Iterator[tuple[str, CheckpointMeta]]:
     """(folder relative to `storage`, meta) of every complete checkpoint under it, at any depth. A
-    meta.json that cannot be read (cut short mid-copy) is left out with a warning; a storage that
-    cannot be listed or read raises StorageError."""
+    meta.json that cannot be read (cut short mid-copy, or removed since the listing) is left out
+    with a warning; a storage that cannot be listed raises StorageError."""
     sizes = storage.sizes()
     for path in sizes:
         folder, _, name = path.rpartition("/")
@@ -137,9 +137,7 @@ def complete_checkpoints(storage: Storage) -> Iterator[tuple[str, CheckpointMeta
             continue
         try:
             meta = CheckpointMeta.from_json(storage.read_text(path), storage.uri_of(path))
-        except StorageError:
-            raise
-        except UserError as err:
+        except UserError as err:  # cut short, or removed since the listing (a storage error too)
             log.warning("left out: %s", err)
             continue
         if is_complete(meta, sizes, folder):

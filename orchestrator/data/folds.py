@@ -15,29 +15,35 @@ def assign_folds(
     seed: int,
     strata: np.ndarray | None = None,
     classes: list[str] | None = None,
+    every_class: bool = True,
 ) -> np.ndarray:
     """Folds stratified by label (and by `strata`, e.g. the source, when given) in which every group
-    (a duplicate cluster, patient or lesion) stays in one fold, and every class of `labels` is in
-    every fold. `classes` names the labels in errors."""
+    (a duplicate cluster, patient or lesion) stays in one fold, and (`every_class`: data to train
+    and validate on) every class of `labels` is in every fold. `classes` names the labels in errors."""
     if len(labels) == 0:
         raise UserError("no images to split into folds")
     name = (lambda label: classes[label]) if classes else str
     # a group is one unit of the split: a class needs a group of its own in every fold
     units = {label: len(set(groups[labels == label].tolist())) for label in sorted(set(labels.tolist()))}
-    scarce = {label: count for label, count in units.items() if count < folds}
+    if len(set(groups.tolist())) < folds:
+        raise UserError(
+            f"too few images for {folds} folds: {len(labels)} in {len(set(groups.tolist()))} groups"
+        )
+    scarce = {label: count for label, count in units.items() if count < folds} if every_class else {}
     if scarce:
         found = ", ".join(f"{count} of {name(label)}" for label, count in scarce.items())
+        fewest = min(scarce.values())
+        change = f"set data.folds to at most {fewest}" if fewest >= 2 else "folds need at least 2 of each"
         raise UserError(
             f"too few images for {folds} folds with every class in every fold: {found} (an image, or a "
-            f"group of images of one patient, lesion or duplicate cluster); set data.folds to at most "
-            f"{min(scarce.values())}, or add images"
+            f"group of images of one patient, lesion or duplicate cluster); {change}, or add images"
         )
     fold = np.empty(len(labels), dtype=np.int8)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     stratify = labels if strata is None else labels * (int(strata.max()) + 1) + strata
     for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), stratify, groups)):
         fold[val] = index
-    for index in range(folds):
+    for index in range(folds if every_class else 0):
         missing = [name(label) for label in units if not (labels[fold == index] == label).any()]
         if missing:
             raise UserError(

@@ -256,12 +256,15 @@ def prepare(
     layout: str = "auto",
     malignant: frozenset[str] | None = None,
     subfolder: str | None = None,
+    every_class_in_every_fold: bool = True,
 ) -> Manifest:
     """Prepare `source` (a folder, or a list of named sources) into `out` (written whole, or not at
     all) and return the manifest.
 
     With `against` (a prepared dataset), every image that duplicates one of the reference's is
-    dropped and counted, so that `out` can serve as an external validation set for it.
+    dropped and counted, so that `out` can serve as an external validation set for it. Data to
+    train and validate on needs every class in every fold; a test set (`against`, or
+    `every_class_in_every_fold=False`) does not.
     """
     out = Path(out)
     if isinstance(source, list):
@@ -304,7 +307,13 @@ def prepare(
         strata = np.array([source_index[r.source] for r in records]) if several else None
         fold = np.full(len(records), -1, dtype=np.int8)
         fold[keep] = assign_folds(
-            labels[keep], groups[keep], folds, seed, strata[keep] if several else None, classes
+            labels[keep],
+            groups[keep],
+            folds,
+            seed,
+            strata[keep] if several else None,
+            classes,
+            every_class_in_every_fold and against is None,  # a test set's folds are never trained on
         )
         also_in = _also_in(records, groups, across)
         shards = _finalise(staging, raw.files, keep, fold, also_in, shard_rows)
@@ -353,6 +362,8 @@ def prepare(
                 out.rmdir()  # only an empty folder gets here; anything else was refused above
             staging.rename(out)
         except OSError:
+            if not (out / MANIFEST).exists():
+                raise
             raise UserError(f"{out} was written by another process while this one prepared it") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -451,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--layout", default="auto", choices=LAYOUTS, help="default: detected")
     parser.add_argument(
-        "--malignant", help="comma-separated diagnoses to call malignant (default: the source's own rule)"
+        "--malignant",
+        help="comma-separated diagnoses to call malignant, or the malignant class folder "
+        "(default: the source's own rule)",
     )
     parser.add_argument("--subfolder", help="only the images under this sub-folder of SOURCE")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the prepared dataset to")

@@ -129,9 +129,10 @@ def class_names(root: Path, malignant: frozenset[str] | None = None) -> list[str
     else:
         positive = [name for name in names if name.lower() in POSITIVE_NAMES]
         if len(positive) != 1:
+            options = " or ".join(f"malignant: [{name}]" for name in names)
             raise UserError(
-                f"{root}: cannot tell which of {listed} is the malignant class; name it with "
-                f"malignant: [{names[-1]}] in the spec's data (isic-prepare --malignant {names[-1]})"
+                f"{root}: cannot tell which of {listed} is the malignant class; name it in the spec's "
+                f"source ({options}) or with isic-prepare --malignant NAME"
             )
     return [name for name in names if name not in positive] + positive
 

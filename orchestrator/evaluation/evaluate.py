@@ -156,7 +156,7 @@ def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, in
         return text, path, fold, source
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
     prepared = cache / f"{path.name}-{image_size}px-{digest}"
-    prepare_once(path, prepared, image_size)
+    prepare_once(path, prepared, image_size, every_class_in_every_fold=False)  # only scored
     return text, prepared, None, None
 
 

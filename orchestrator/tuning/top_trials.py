@@ -18,9 +18,10 @@ import pandas as pd
 
 from orchestrator.config import IN_SOURCE, Spec
 from orchestrator.data.dataset_format import MANIFEST, read_manifest, source_names
+from orchestrator.errors import UserError
 from orchestrator.evaluation.clinical import Options, Targets
 from orchestrator.evaluation.evaluate import evaluate_checkpoint
-from orchestrator.storage import local_copy, staging_dir
+from orchestrator.storage import StorageError, local_copy, staging_dir
 
 if TYPE_CHECKING:
     from orchestrator.evaluation.report import Section
@@ -94,10 +95,16 @@ def evaluate_top_trials(
         validation = f"{prepared}@{int(row['val_fold'])}"
         by_source = [f"{validation},{name}" for name in sources]
         data = [validation, *(by_source if len(sources) > 1 else []), *tests] if position == 0 else tests
-        checkpoint = local_copy(row["checkpoint"], staging_dir("checkpoints"))  # from remote storage
-        summary, scored = evaluate_checkpoint(
-            checkpoint, data, validation, options_for(spec), spec.data.cache
-        )
+        try:
+            checkpoint = local_copy(row["checkpoint"], staging_dir("checkpoints"))  # from remote storage
+            summary, scored = evaluate_checkpoint(
+                checkpoint, data, validation, options_for(spec), spec.data.cache
+            )
+        except StorageError:
+            raise
+        except Exception as err:  # this trial's test failed: say why, test the next
+            frame.loc[index, TEST_ERROR] = failure(err)
+            continue
         frame.loc[index, "test_threshold"] = summary["threshold"]
         for number, test in enumerate(tests, start=1):
             prefix = "test" if number == 1 else f"test{number}"
@@ -113,6 +120,13 @@ def evaluate_top_trials(
     return frame
 
 
+def failure(err: Exception) -> str:
+    """Why a test failed, logged as an error (with the traceback where it is not the user's)."""
+    why = str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}"
+    log.error("testing failed: %s", why, exc_info=not isinstance(err, UserError))
+    return why
+
+
 def write_tensorboard(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
     """HParams sessions for the tested trials (hyperparameters, final and test metrics) and the
     best trial's ROC curve, in `<run>/test-results`."""
@@ -121,7 +135,8 @@ def write_tensorboard(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
 
     keys = [key for key in spec.searched() if key in frame]  # a run resumed from an older version
     with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
-        for _, row in frame[frame["test_threshold"].notna()].iterrows():
+        tested = frame[frame["test_threshold"].notna()] if "test_threshold" in frame else frame.iloc[:0]
+        for _, row in tested.iterrows():
             hparams = {key: _plain(row[key]) for key in keys}
             metrics = {f"final/{c.removeprefix('last_')}": row[c] for c in frame if c.startswith("last_val_")}
             metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
