@@ -86,12 +86,12 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
         history = result.metrics_dataframe
         epochs_run = _epochs_completed(history)
         status, error = _status(result, epochs_run, spec.train.epochs)
-        backbone = result.config["backbone"]
-        weights = spec.train.weights_for(backbone)
+        config = result.config or {}  # None for a trial whose actor died before it started
+        weights = spec.train.weights_for(config["backbone"]) if config else None
         row = {
             "trial_id": trial_id,
-            **result.config,
-            **split_of(result.config),
+            **config,
+            **(split_of(config) if config else {}),
             "weights": weights if weights != "none" else "none (random init)",
             "status": status,
             "epochs_run": epochs_run,
