@@ -175,9 +175,12 @@ def kill_session(session: int) -> int:
 def own_train_workers() -> set[int]:
     """PIDs of the live Ray Train workers of this test's own Ray instance (its state API), never
     another instance's on the same machine."""
+    import ray
     from ray.util.state import list_actors
 
+    # the address is needed: without it the state API asks the newest instance on the machine
+    here = ray.get_runtime_context().gcs_address
     actors = list_actors(
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True
+        address=here, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True
     )
     return {actor.pid for actor in actors if actor.pid}
