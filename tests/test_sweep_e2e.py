@@ -53,10 +53,10 @@ def sweep(ray_local, tmp_path_factory):
                 "image_size": 64,
                 "cache": str(root / "prepared"),
             },
-            # The trial that learns runs first. The two with a zero learning rate cannot lower
+            # The trial that learns runs first. The two with a learning rate of 1e-12 cannot lower
             # their training loss, so ASHA, comparing it at epoch 2, stops them. The last one's
             # learning rate is absurd: its loss diverges, which must end that trial alone.
-            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 0.0, 0.0, 1e30], "batch_size": 16},
+            "search": {"backbone": "efficientnet_lite0", "lr": [1e-3, 1e-12, 1e-12, 1e30], "batch_size": 16},
             "train": {"epochs": 3, "weights": "package", "freeze_epochs": 1, "label_smoothing": 0.1},
             "scheduler": {"type": "asha", "metric": "train_loss", "grace_period": 2, "reduction_factor": 2},
             "evaluation": {"test": [str(held_out)], "top": 1, "bootstrap": 50},
@@ -138,7 +138,7 @@ def test_a_tiny_fine_tune_learns(sweep):
     _, _, frame = sweep
     learner = frame[frame["lr"] == 1e-3].iloc[0]
     assert learner["best_val_auc"] > 0.75, learner.to_dict()  # 20 real validation images at 64 px
-    assert learner["last_train_loss"] < frame[frame["lr"] == 0.0]["last_train_loss"].min()
+    assert learner["last_train_loss"] < frame[frame["lr"] == 1e-12]["last_train_loss"].min()
 
 
 def test_best_checkpoint_reproduces_its_validation_auc(sweep):
