@@ -31,13 +31,11 @@ def beating(run: Storage, every: float = EVERY_S) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
-        while True:
+        while not stop.wait(every):
             with suppress(StorageError):  # the storage's own errors reach the user through the sweep
-                run.write_atomic(HEARTBEAT, json.dumps(_beat()).encode())
-            if stop.wait(every):
-                return
+                _write_beat(run)
 
-    run.write_atomic(HEARTBEAT, json.dumps(_beat()).encode())
+    _write_beat(run)  # the first one synchronously: a storage that fails says so at once
     thread = threading.Thread(target=beat, name="run-heartbeat", daemon=True)
     thread.start()
     try:
@@ -49,8 +47,9 @@ def beating(run: Storage, every: float = EVERY_S) -> Iterator[None]:
             run.delete(HEARTBEAT)
 
 
-def _beat() -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+def _write_beat(run: Storage) -> None:
+    beat = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    run.write_atomic(HEARTBEAT, json.dumps(beat).encode())
 
 
 def check_not_live(run: Storage, fresh: float = FRESH_S) -> None:
