@@ -38,6 +38,7 @@ from orchestrator.data.dataset_format import (
     read_manifest,
     source_names,
 )
+from orchestrator.data.pipeline import shared_rows
 from orchestrator.data.prepare import prepare_once
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError, command
@@ -324,8 +325,12 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         ray.init(address=address if joined else "local", configure_logging=False)
     check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
+    with_source = bool(spec.data.val_sources)
+    rows = shared_rows(shared, with_source, sum(Storage(shared).sizes(SHARDS).values()))
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri),
+        tune.with_parameters(
+            run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri, rows=rows
+        ),
         {"cpu": 0, "memory": DRIVER_MEMORY},
     )
     try:
@@ -424,6 +429,7 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
             scheduler=scheduler_for(spec),
             max_concurrent_trials=concurrent_trials(spec),
             trial_dirname_creator=_trial_dirname,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run_name,

@@ -15,17 +15,18 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network call at import
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-
 from trainables.color import apply_color  # noqa: E402
 from trainables.resize import EVAL_RESIZE, EVAL_RESIZES  # noqa: E402
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 PRESETS = ("standard", "none")
 
@@ -33,6 +34,9 @@ PRESETS = ("standard", "none")
 def train_transform(preset: str, size: int) -> A.Compose:
     """Augmentations for training. Dermoscopy has no up or down, so flips and any rotation are
     label-preserving; scale and mild colour changes mimic differences between dermatoscopes."""
+    import albumentations as A
+    import cv2
+
     if preset == "none":
         return eval_transform(size)
     if preset != "standard":
@@ -58,6 +62,9 @@ def eval_transform(size: int, resize: str = EVAL_RESIZE) -> A.Compose:
     the square, as training's crops (half the image or more) also do. Training with the preset
     "none", validation, evaluation and predict all use this transform. `resize="squash"` is the
     square resize of checkpoints made before, which were validated that way."""
+    import albumentations as A
+    import cv2
+
     if resize not in EVAL_RESIZES:
         raise ValueError(f"unknown evaluation resize {resize!r}; known: {', '.join(EVAL_RESIZES)}")
     if resize == "squash":
@@ -72,6 +79,8 @@ def eval_transform(size: int, resize: str = EVAL_RESIZE) -> A.Compose:
 
 def decode_jpeg(data: bytes) -> np.ndarray:
     """HxWx3 uint8 RGB."""
+    import cv2
+
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("undecodable image bytes in the prepared dataset")
@@ -116,6 +125,8 @@ class Preprocess:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not hasattr(self, "_transform"):
+            import cv2
+
             cv2.setNumThreads(1)  # parallelism comes from Ray Data, not from OpenCV threads
             self._transform = (
                 train_transform(self.augment, self.size)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import ray
 import ray.data
 
 from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest
 from trainables.transforms import Oversample, Preprocess
 
+log = logging.getLogger(__name__)
+
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
+# a sweep holds the prepared rows in Ray's object store when they take at most this share of it
+SHARED_ROWS_SHARE = 0.25
 
 
 def train_class_counts(
@@ -57,8 +63,35 @@ def configure_data_context() -> None:
     context.execution_options.preserve_order = True
 
 
+def read_rows(prepared: str | Path, with_source: bool = False) -> ray.data.Dataset:
+    """The prepared dataset's rows, with the columns the pipeline uses (`source` on request)."""
+    columns = READ_COLUMNS + (["source"] if with_source else [])
+    return ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
+
+
+def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.Dataset | None:
+    """The rows every trial of a sweep starts from, read once into Ray's object store; None when
+    they would take more than `SHARED_ROWS_SHARE` of it (each epoch then reads the files again).
+    Reading Parquet is the costly part of a small dataset's epoch: every read lists the files and
+    reads their footers in actors of its own, while a pass over rows in memory takes a fraction of
+    a second."""
+    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    if shard_bytes > SHARED_ROWS_SHARE * capacity:
+        log.info(
+            "the prepared shards (%.1f GB) are read from %s every epoch: holding them takes more than "
+            "%d%% of Ray's object store (%.1f GB)",
+            shard_bytes / 1e9,
+            prepared,
+            SHARED_ROWS_SHARE * 100,
+            capacity / 1e9,
+        )
+        return None
+    configure_data_context()
+    return read_rows(prepared, with_source).materialize()
+
+
 def build_datasets(
-    prepared: str | Path,
+    prepared: str | Path | ray.data.Dataset,
     val_fold: int,
     size: int,
     augment: str,
@@ -71,13 +104,16 @@ def build_datasets(
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced, and the
     test fold is in neither. With `val_source`, `val` is that whole source and `train` every other
-    one (leave-one-source-out). `prepared` is a local folder or a URI (`s3://...`); with a URI, pass
-    its `manifest` (read by the driver)."""
+    one (leave-one-source-out). `prepared` is a local folder, a URI (`s3://...`) or the rows that
+    `shared_rows` read; with a URI or rows, pass its `manifest` (read by the driver)."""
     configure_data_context()
-    prepared = str(prepared).rstrip("/")
-    manifest = manifest if manifest is not None else read_manifest(Path(prepared))
-    columns = READ_COLUMNS + (["source"] if val_source else [])
-    rows = ray.data.read_parquet(f"{prepared}/{SHARDS}", columns=columns)
+    if isinstance(prepared, ray.data.Dataset):
+        if manifest is None:
+            raise ValueError("build_datasets: rows come with their manifest")
+        rows = prepared
+    else:
+        manifest = manifest if manifest is not None else read_manifest(Path(prepared))
+        rows = read_rows(prepared, with_source=bool(val_source))
     held_out = f" and fold != {test_fold}" if test_fold is not None else ""
     if val_source:
         train = rows.filter(expr=f"source != '{val_source}'{held_out}")

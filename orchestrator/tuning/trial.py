@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import ray.data
 import ray.tune
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -73,12 +74,20 @@ def trial_config(spec: Spec, config: dict[str, Any], manifest: Manifest, checkpo
     )
 
 
-def run_trial(config: dict[str, Any], spec: Spec, prepared: str, manifest: Manifest, run_uri: str) -> None:
-    """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach."""
+def run_trial(
+    config: dict[str, Any],
+    spec: Spec,
+    prepared: str,
+    manifest: Manifest,
+    run_uri: str,
+    rows: ray.data.Dataset | None = None,
+) -> None:
+    """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach;
+    `rows`, when the driver holds them (`pipeline.shared_rows`), are read instead of `prepared`."""
     trial_id = ray.tune.get_context().get_trial_id()
     trial = trial_config(spec, config, manifest, f"{run_uri}/{CHECKPOINTS}/{trial_id}")
     datasets = build_datasets(
-        prepared,
+        prepared if rows is None else rows,
         val_fold=trial.val_fold,
         val_source=trial.val_source,
         color=trial.color,
