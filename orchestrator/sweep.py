@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU, a token of memory
 DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
+# a local instance is never drained: no preemption watcher (one more actor process per trial)
+LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 RUN_RECORD = "run.json"
 LEADERBOARD = "leaderboard"
 PREPARED_COPIES = "prepared"
@@ -322,7 +324,10 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
     joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
     if not ray.is_initialized():
         # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
-        ray.init(address=address if joined else "local", configure_logging=False)
+        if joined:
+            ray.init(address=address, configure_logging=False)
+        else:
+            ray.init(address="local", configure_logging=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
     check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
     with_source = bool(spec.data.val_sources)
@@ -429,7 +434,6 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
             scheduler=scheduler_for(spec),
             max_concurrent_trials=concurrent_trials(spec),
             trial_dirname_creator=_trial_dirname,
-            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=run_name,

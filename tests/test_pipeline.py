@@ -9,6 +9,7 @@ from orchestrator.data.pipeline import (
     build_datasets,
     class_weights,
     oversample_factors,
+    shared_rows,
     train_class_counts,
 )
 from trainables.transforms import Preprocess
@@ -92,3 +93,20 @@ def test_seeded_pipeline_repeats_across_runs_and_varies_across_epochs(ray_local,
     two = _epochs(build_datasets(small_prepared, 1, 32, "standard", "none", seed=7)["train"], 2)
     assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))  # same seed, same run
     assert not np.array_equal(one[0], one[1])  # a new draw every epoch
+
+
+def test_rows_held_in_memory_give_the_same_epochs_as_the_files(ray_local, small_prepared):
+    manifest = read_manifest(small_prepared)
+    rows = shared_rows(str(small_prepared), with_source=False, shard_bytes=1)
+    assert rows is not None and rows.count() == 40
+    held = build_datasets(rows, 1, 32, "standard", "oversample", seed=7, manifest=manifest)
+    files = build_datasets(small_prepared, 1, 32, "standard", "oversample", seed=7)
+    for name in ("train", "val"):
+        pairs = zip(_epochs(held[name], 2), _epochs(files[name], 2), strict=True)
+        assert all(np.array_equal(a, b) for a, b in pairs), name
+    with pytest.raises(ValueError, match="manifest"):
+        build_datasets(rows, 1, 32, "standard", "oversample")
+
+
+def test_rows_too_large_for_the_object_store_are_read_every_epoch(ray_local, small_prepared):
+    assert shared_rows(str(small_prepared), with_source=False, shard_bytes=10**15) is None

@@ -39,6 +39,7 @@ from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
 from trainables.resize import EVAL_RESIZE
+from trainables.timing import mark
 from trainables.trial_config import TrialConfig
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
 
-    def epoch(self, epoch: int, batches) -> tuple[float, float]:
+    def epoch(self, epoch: int, batches, trial: str = "") -> tuple[float, float]:
         """Train one epoch; return (mean loss over all workers, images per second over all workers)."""
         cfg, model = self.config, self.model
         frozen = epoch < cfg.freeze_epochs
@@ -110,6 +111,9 @@ class Trainer:
             # so all ranks see it in the epoch's sum below and stop together
             total[0] += loss.detach().double() * len(labels)
             total[1] += len(labels)
+            if step == 0:
+                mark("first_step", trial)
+        mark("last_step", trial)
         if self.world_size > 1:
             dist.all_reduce(total)
         loss_sum, images = total.tolist()
@@ -152,7 +156,7 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
             local_shuffle_seed=config.seed * 1000 + epoch * 10 + rank,
         )
         try:
-            train_loss, images_per_s = trainer.epoch(epoch, train_batches)
+            train_loss, images_per_s = trainer.epoch(epoch, train_batches, context.get_experiment_name())
         except NonFiniteLossError as err:
             # a restart would diverge again: end this trial with the reason, let the sweep go on
             failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report

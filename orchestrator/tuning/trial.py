@@ -19,6 +19,7 @@ from orchestrator.config import Spec, split_of
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
 from trainables.backbones import input_config, timm_name
+from trainables.timing import mark
 from trainables.train_loop import train_loop_per_worker
 from trainables.trial_config import TrialConfig
 
@@ -85,6 +86,7 @@ def run_trial(
     """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach;
     `rows`, when the driver holds them (`pipeline.shared_rows`), are read instead of `prepared`."""
     trial_id = ray.tune.get_context().get_trial_id()
+    mark("trial_start", trial_id)
     trial = trial_config(spec, config, manifest, f"{run_uri}/{CHECKPOINTS}/{trial_id}")
     datasets = build_datasets(
         prepared if rows is None else rows,
@@ -125,3 +127,4 @@ def run_trial(
         ),
     )
     trainer.fit()
+    mark("trial_end", trial_id)
