@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -101,12 +102,13 @@ def sweep(prepared: Path, epochs: int, root: Path) -> dict:
             "search": {"backbone": BACKBONE, **GRID},
             "train": {"epochs": epochs, "weights": "none", "warmup_epochs": 0},
             "scheduler": {"type": "fifo"},
+            "resources": {"max_concurrent_trials": 1},
             "storage": str(root / "runs"),
         }
     )
     started = time.perf_counter()
-    env = {**LOCAL_RAY_ENV, TIMING_LOG: str(log)}  # as the sweep starts Ray, with the timing log
-    ray.init(address="local", configure_logging=False, runtime_env={"env_vars": env})
+    os.environ.update({**LOCAL_RAY_ENV, TIMING_LOG: str(log)})  # Ray's processes inherit them
+    ray.init(address="local", configure_logging=False)
     try:
         run_sweep(spec)
     finally:

@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU, a token of memory
 DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
 # a local instance is never drained: no preemption watcher (one more actor process per trial)
-LOCAL_RAY_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LOCAL_RAY_ENV: dict[str, str] = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 RUN_RECORD = "run.json"
 LEADERBOARD = "leaderboard"
 PREPARED_COPIES = "prepared"
@@ -324,22 +324,15 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
     joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
     if not ray.is_initialized():
         # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
-        if joined:
-            ray.init(address=address, configure_logging=False)
-        else:
-            ray.init(address="local", configure_logging=False, runtime_env={"env_vars": LOCAL_RAY_ENV})
+        if not joined:
+            for name, value in LOCAL_RAY_ENV.items():  # its processes inherit the driver's environment
+                os.environ.setdefault(name, value)
+        ray.init(address=address if joined else "local", configure_logging=False)
     check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
-    with_source = bool(spec.data.val_sources)
-    rows = shared_rows(shared, with_source, sum(Storage(shared).sizes(SHARDS).values()))
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri, rows=rows
-        ),
-        {"cpu": 0, "memory": DRIVER_MEMORY},
-    )
     try:
         with beating(run):  # a second driver on this run refuses to start
+            trainable = trial_runner(spec, shared, manifest, run)
             if resume:
                 tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
                 log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
@@ -357,6 +350,19 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
             f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
     return local_dir, frame
+
+
+def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> Any:
+    """What Tune runs for each trial: `run_trial` with the sweep's arguments and the rows it reads
+    (held in Ray's object store when they fit: `pipeline.shared_rows`)."""
+    shard_bytes = sum(Storage(shared).sizes(SHARDS).values())
+    rows = shared_rows(shared, with_source=bool(spec.data.val_sources), shard_bytes=shard_bytes)
+    return tune.with_resources(
+        tune.with_parameters(
+            run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri, rows=rows
+        ),
+        {"cpu": 0, "memory": DRIVER_MEMORY},
+    )
 
 
 def finish(

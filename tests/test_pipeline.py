@@ -108,5 +108,8 @@ def test_rows_held_in_memory_give_the_same_epochs_as_the_files(ray_local, small_
         build_datasets(rows, 1, 32, "standard", "oversample")
 
 
-def test_rows_too_large_for_the_object_store_are_read_every_epoch(ray_local, small_prepared):
-    assert shared_rows(str(small_prepared), with_source=False, shard_bytes=10**15) is None
+def test_rows_held_only_within_a_quarter_of_the_object_store(ray_local, small_prepared):
+    store = min(node["Resources"]["object_store_memory"] for node in ray_local.nodes() if node["Alive"])
+    assert shared_rows(str(small_prepared), with_source=False, shard_bytes=int(0.26 * store)) is None
+    held = shared_rows(str(small_prepared), with_source=True, shard_bytes=int(0.24 * store))
+    assert held is not None and "source" in held.columns()

@@ -111,6 +111,13 @@ def current_epoch() -> int:
     return context._execution_idx
 
 
+def restart_epochs(dataset) -> None:
+    """Count `dataset`'s executions from 0 again: a materialised dataset has run once, and the
+    datasets derived from it share its counter, so their first epoch would otherwise be epoch 1
+    (and a seed would draw other images than when the rows are read from the files)."""
+    dataset.context._execution_idx = 0
+
+
 @dataclass
 class Preprocess:
     """Batch function: {"image": JPEG bytes, "label", "image_id"} -> {"image": uint8 NCHW, "label"}.

@@ -9,7 +9,7 @@ import ray
 import ray.data
 
 from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest
-from trainables.transforms import Oversample, Preprocess
+from trainables.transforms import Oversample, Preprocess, restart_epochs
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,19 @@ def read_rows(prepared: str | Path, with_source: bool = False) -> ray.data.Datas
     return ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
 
 
-def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.Dataset | None:
+def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.MaterializedDataset | None:
     """The rows every trial of a sweep starts from, read once into Ray's object store; None when
-    they would take more than `SHARED_ROWS_SHARE` of it (each epoch then reads the files again).
-    Reading Parquet is the costly part of a small dataset's epoch: every read lists the files and
-    reads their footers in actors of its own, while a pass over rows in memory takes a fraction of
-    a second."""
-    capacity = ray.cluster_resources().get("object_store_memory", 0)
+    they would take more than `SHARED_ROWS_SHARE` of the smallest node's store (each epoch then
+    reads the files again). Reading Parquet is the costly part of a small dataset's epoch: every
+    read lists the files and reads their footers in actors of its own, while a pass over rows in
+    memory takes a fraction of a second. The rows stay in the store, and keep the node that holds
+    them, as long as the process that read them holds them: a sweep's driver, until it exits."""
+    stores = [node["Resources"].get("object_store_memory", 0) for node in ray.nodes() if node["Alive"]]
+    capacity = min(stores, default=0)
     if shard_bytes > SHARED_ROWS_SHARE * capacity:
         log.info(
             "the prepared shards (%.1f GB) are read from %s every epoch: holding them takes more than "
-            "%d%% of Ray's object store (%.1f GB)",
+            "%d%% of a node's object store (%.1f GB)",
             shard_bytes / 1e9,
             prepared,
             SHARED_ROWS_SHARE * 100,
@@ -87,7 +89,9 @@ def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.
         )
         return None
     configure_data_context()
-    return read_rows(prepared, with_source).materialize()
+    rows = read_rows(prepared, with_source).materialize()
+    restart_epochs(rows)  # the trials' first epoch is epoch 0, as when they read the files
+    return rows
 
 
 def build_datasets(
