@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import ROOT, kill_session, tiny_spec, write_yaml
+from trainables.checkpoint import newest_complete
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +65,10 @@ def test_killed_driver_resumes_unfinished_trials_only(tmp_path, without_local_ra
     assert (run_dir / "run.json").exists() and not (run_dir / "leaderboard.csv").exists()
     finished = next(trial for trial, epochs in kept.items() if max(epochs.values()) == 3)
     (unfinished,) = set(kept) - {finished}
-    done_before_kill = max(kept[unfinished].values())
+    # what the trial resumes from: its newest complete checkpoint, the registered one or a newer one
+    # written before the kill (epochs last about a second here, so the kill can land after either)
+    done_before_kill, _ = newest_complete(str(run_dir / "checkpoints" / unfinished))
+    assert done_before_kill >= max(kept[unfinished].values())
     finished_results = (run_dir / finished / "result.json").read_text()
 
     resumed = sweep_cli(str(spec), "--resume", log=tmp_path / "resume.log")
@@ -81,7 +85,7 @@ def test_killed_driver_resumes_unfinished_trials_only(tmp_path, without_local_ra
     reported = reported_epochs(run_dir, unfinished)  # Tune may not have flushed the lines before the kill
     assert len(reported) == len(set(reported)) and set(range(done_before_kill + 1, 4)) <= set(reported)
     print(
-        f"killed with trial {unfinished} at epoch {done_before_kill + 1} in flight (checkpoint of "
-        f"epoch {done_before_kill} registered); the resumed trial trained epochs {done_before_kill + 1}-3; "
+        f"killed with trial {unfinished} at epoch {done_before_kill + 1} in flight (newest complete "
+        f"checkpoint: epoch {done_before_kill}); the resumed trial trained epochs {done_before_kill + 1}-3; "
         f"trial {finished} (finished) untouched; leaderboard rows {len(frame)}"
     )
