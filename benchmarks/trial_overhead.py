@@ -55,10 +55,10 @@ def plain_loop(prepared: Path, epochs: int) -> dict:
     """The 8 trainings one after another in this process; seconds to each one's first step."""
     torch.set_num_threads(1)  # as a trial's worker: 1 CPU
     table = pq.read_table(prepared / SHARDS, columns=["image_id", "label", "fold", "image"])
-    rows = table.to_pydict()
-    is_val = np.array(rows["fold"]) == VAL_FOLD
-    pick = lambda mask: {k: np.array(v, dtype=object)[mask] for k, v in rows.items()}  # noqa: E731
-    train, val = pick(~is_val), pick(is_val)
+    columns = {name: np.array(values, dtype=object) for name, values in table.to_pydict().items()}
+    is_val = columns["fold"] == VAL_FOLD
+    train = {name: values[~is_val] for name, values in columns.items()}
+    val = {name: values[is_val] for name, values in columns.items()}
     cfg = input_config(BACKBONE)
     normalize = Normalize(cfg.mean, cfg.std, torch.device("cpu"))
     to_first_step, totals = [], []

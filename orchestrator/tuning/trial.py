@@ -127,4 +127,3 @@ def run_trial(
         ),
     )
     trainer.fit()
-    mark("trial_end", trial_id)
