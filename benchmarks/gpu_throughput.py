@@ -1,21 +1,29 @@
 """Training images/s on a GPU: the whole project path against a bare loop, same model, same card.
 
-    python benchmarks/gpu_throughput.py [--backbone resnet50] [--batch-size 128] [--copies 24]
+    python benchmarks/gpu_throughput.py [--backbone resnet50] [--batch-size 128] [--trials 2]
+        [--epochs 3] [--copies 96] [--image-size N] [--out result.json]
 
 Bare loop: synthetic uint8 images already on the GPU, fed to the same model with the same
-optimizer groups, mixed precision, channels-last and device-side normalisation as the train loop.
-Project path: `orchestrator.sweep` on the bundled ISIC sample prepared at the backbone's size and
-replicated `--copies` times (so an epoch lasts long enough to time): Ray Data decodes and augments,
-one Ray Train worker trains. Its figure is the train loop's own `train_images_per_s`, best epoch
-after the first (the first includes starting Ray Data's workers).
+optimizer groups, mixed precision (bf16), channels-last and device-side normalisation as the train
+loop. Project path: `orchestrator.sweep` on the bundled ISIC sample prepared at the backbone's size
+and replicated `--copies` times (so an epoch lasts long enough to time), `--trials` learning rates:
+Ray Data decodes and augments, one Ray Train worker trains. Its figure is the median of the train
+loop's own `train_images_per_s` over every trial's epochs after its first (the first includes
+starting Ray Data's workers). GPU utilisation: nvidia-smi's, sampled every 200 ms, averaged over
+the bare loop's timed steps and over the trials' epochs (from their first to their last optimizer
+step: `trainables/timing.py`). Without a GPU it runs on CPU as a smoke run. The last line is the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
+import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,6 +38,39 @@ from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
+from trainables.timing import TIMING_LOG
+
+PRECISION = "bf16"  # on CPU autocast to bf16 is slow: the smoke run trains in fp32
+
+
+class GpuUtilisation:
+    """nvidia-smi's GPU utilisation (%) every 200 ms, each sample with its time; none without a GPU."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        smi = shutil.which("nvidia-smi") if torch.cuda.is_available() else None
+        query = ["--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200", "-i", "0"]
+        self.process = subprocess.Popen([smi, *query], stdout=subprocess.PIPE, text=True) if smi else None
+        if self.process:
+            threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            if line.strip().isdigit():
+                self.samples.append((time.time(), float(line)))
+
+    def mean(self, windows: list[tuple[float, float]]) -> float | None:
+        inside = [value for at, value in self.samples if any(start <= at <= end for start, end in windows)]
+        return statistics.fmean(inside) if inside else None
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.terminate()
+            self.process.wait()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _sync(device: torch.device) -> None:
@@ -37,21 +78,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bare_loop(backbone: str, batch_size: int, steps: int, warmup: int = 15) -> float:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: a smoke run only
+def bare_loop(backbone: str, size: int, batch_size: int, steps: int, warmup: int = 15) -> tuple[float, tuple]:
+    """Images/s of the train loop's step on synthetic images already on the device, and the
+    (start, end) wall-clock window of the timed steps."""
+    device = _device()
     cfg = input_config(backbone)
     model = create_backbone(backbone, "none", 2).to(device, memory_format=torch.channels_last).train()
     optimizer = build_optimizer("adamw", param_groups(model, 1e-3, 0.0, 1.0), 1e-3)
-    dtype = autocast_dtype("auto", device)
+    dtype = autocast_dtype(PRECISION if device.type == "cuda" else "fp32", device)
     scaler = grad_scaler(dtype, device)
     normalize = Normalize(cfg.mean, cfg.std, device)
-    size = cfg.input_size
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 2, (batch_size,), device=device)
     for step in range(warmup + steps):
         if step == warmup:
             _sync(device)
-            started = time.perf_counter()
+            started, wall = time.perf_counter(), time.time()
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(normalize(images))
         loss = F.cross_entropy(logits.float(), labels)
@@ -60,7 +102,8 @@ def bare_loop(backbone: str, batch_size: int, steps: int, warmup: int = 15) -> f
         scaler.step(optimizer)
         scaler.update()
     _sync(device)
-    return steps * batch_size / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return steps * batch_size / elapsed, (wall, wall + elapsed)
 
 
 def replicated_sample(size: int, copies: int, root: Path) -> Path:
@@ -81,53 +124,87 @@ def replicated_sample(size: int, copies: int, root: Path) -> Path:
     return out
 
 
-def project_path(backbone: str, batch_size: int, copies: int, epochs: int, root: Path) -> list[float]:
-    prepared = replicated_sample(input_config(backbone).input_size, copies, root)
+def project_path(args: argparse.Namespace, size: int, root: Path) -> tuple[list[list[float]], list[tuple]]:
+    """Each trial's images/s per epoch, and the (first step, last step) windows of every trial's
+    epochs after its first."""
+    prepared = replicated_sample(size, args.copies, root)
     gpus = 1 if torch.cuda.is_available() else 0
     spec = parse_spec(
         {
             "name": "gpu-throughput",
             "data": {"prepared": str(prepared)},
-            "search": {"backbone": backbone, "lr": 1e-3, "batch_size": batch_size},
-            "train": {"epochs": epochs, "weights": "none", "warmup_epochs": 0},
+            "search": {
+                "backbone": args.backbone,
+                "lr": [1e-3 / 3**trial for trial in range(args.trials)],
+                "batch_size": args.batch_size,
+            },
+            "train": {
+                "epochs": args.epochs,
+                "weights": "none",
+                "warmup_epochs": 0,
+                "precision": PRECISION if gpus else "fp32",
+            },
             "scheduler": {"type": "fifo", "metric": "train_loss"},
             "resources": {"cpus_per_worker": 2 if gpus else 1, "gpus_per_worker": gpus},
             "storage": str(root / "runs"),
         }
     )
+    timing = root / "timing.jsonl"
+    os.environ[TIMING_LOG] = str(timing)  # Ray's processes inherit it
     run_dir, _ = run_sweep(spec)
-    lines = next(run_dir.glob("*/result.json")).read_text().splitlines()
-    return [json.loads(line)["train_images_per_s"] for line in lines]
+    per_trial = [
+        [json.loads(line)["train_images_per_s"] for line in result.read_text().splitlines()]
+        for result in sorted(run_dir.glob("*/result.json"))
+    ]
+    marks = [json.loads(line) for line in timing.read_text().splitlines()] if timing.exists() else []
+    windows = []
+    for trial in {m["trial"] for m in marks}:
+        firsts = sorted(m["time"] for m in marks if m["trial"] == trial and m["event"] == "first_step")
+        lasts = sorted(m["time"] for m in marks if m["trial"] == trial and m["event"] == "last_step")
+        windows += list(zip(firsts, lasts, strict=False))[1:]
+    return per_trial, windows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--copies", type=int, default=24)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--trials", type=int, default=2, help="learning rates, one trial each")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=96, help="times the 300-image sample is repeated")
+    parser.add_argument("--image-size", type=int, help="pixels; default: the backbone's own")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps of the bare loop")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    size = args.image_size or input_config(args.backbone).input_size
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke run)"
-    bare = bare_loop(args.backbone, args.batch_size, args.steps)
-    print(f"{card}: bare loop {bare:.0f} images/s", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
-        per_epoch = project_path(args.backbone, args.batch_size, args.copies, args.epochs, Path(folder))
-    project = max(per_epoch[1:])
+    utilisation = GpuUtilisation()
+    try:
+        bare, bare_window = bare_loop(args.backbone, size, args.batch_size, args.steps)
+        print(f"{card}: bare loop {bare:.0f} images/s", flush=True)
+        with tempfile.TemporaryDirectory() as folder:
+            per_trial, epochs = project_path(args, size, Path(folder))
+    finally:
+        utilisation.stop()
+    project = statistics.median(rate for trial in per_trial for rate in trial[1:])
     result = {
         "card": card,
         "backbone": args.backbone,
+        "image_size": size,
         "batch_size": args.batch_size,
-        "precision": str(autocast_dtype("auto", torch.device("cuda" if card[:3] != "CPU" else "cpu"))),
-        "bare_images_per_s": bare,
-        "project_images_per_s_by_epoch": per_epoch,
-        "project_images_per_s": project,
-        "ratio": project / bare,
+        "precision": PRECISION if torch.cuda.is_available() else "fp32",
+        "bare_images_per_s": round(bare, 1),
+        "project_images_per_s_by_trial_and_epoch": [[round(rate, 1) for rate in t] for t in per_trial],
+        "project_images_per_s": round(project, 1),
+        "gpu_utilisation_bare_pct": utilisation.mean([bare_window]),
+        "gpu_utilisation_project_pct": utilisation.mean(epochs),
+        "ratio": round(project / bare, 3),
     }
-    print(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2))
+        args.out.write_text(text)
+    print(text)
+    print(f"ratio (project path / bare loop): {result['ratio']:.3f}")
 
 
 if __name__ == "__main__":
