@@ -7,11 +7,12 @@ Here, with a package index at hand (the project's environment):
 `--have` is what the GPU machine already holds: the output of `python3 -m pip list --format=freeze`
 run there (a few KB to carry out). The bundle holds the rest of what the sweep imports, as wheels
 for that Python on x86-64 Linux (Ray without its Java jar, which Python never loads), and this
-project's source with its bundled image sample: one tar file, refused when over `--limit-mib`.
+project's source with its bundled image sample: one .tar.xz file (the wheels inside are stored
+uncompressed, so xz compresses them), refused when over `--limit-mib`.
 
 There, with no network:
 
-    tar xf isic-gpu-bundle-cp312.tar
+    tar xf isic-gpu-bundle-cp312.tar.xz
     python3 isic-gpu-bundle-cp312/project/benchmarks/gpu/offline_bundle.py run [-- GPU_THROUGHPUT_ARGS]
 
 installs the wheels into the bundle's own folder (the machine's Python environment is left as it
@@ -24,6 +25,7 @@ Only Python's standard library is used until the wheels are installed.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import importlib.metadata
 import json
@@ -88,7 +90,15 @@ def pip(*args: str) -> None:
 
 def target_args(python: str) -> list[str]:
     version = python.replace(".", "")
-    args = ["--only-binary=:all:", "--python-version", python, "--implementation", "cp", "--abi", f"cp{version}"]
+    args = [
+        "--only-binary=:all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--abi",
+        f"cp{version}",
+    ]
     for platform in PLATFORMS:
         args += ["--platform", platform]
     return args
@@ -113,10 +123,11 @@ def resolve(python: str, folder: Path) -> dict[str, str]:
     return {canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
 
 
-def without_ray_jar(wheel: Path) -> None:
-    """Rewrite Ray's wheel without `ray/jars/` (Java workers only) and without its RECORD lines."""
-    stripped = wheel.with_suffix(".tmp")
-    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(stripped, "w", zipfile.ZIP_DEFLATED) as out:
+def repack(wheel: Path) -> None:
+    """Rewrite a wheel uncompressed (the bundle's xz compresses it far better than zip's deflate),
+    and Ray's without `ray/jars/` (Java workers only) and the RECORD lines that list it."""
+    repacked = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(repacked, "w", zipfile.ZIP_STORED) as out:
         for info in source.infolist():
             if RAY_JAR.match(info.filename):
                 continue
@@ -124,14 +135,20 @@ def without_ray_jar(wheel: Path) -> None:
             if info.filename.endswith(".dist-info/RECORD"):
                 kept = [line for line in data.decode().splitlines() if not RAY_JAR.match(line)]
                 data = ("\n".join(kept) + "\n").encode()
-            out.writestr(info, data)
-    stripped.replace(wheel)
+            stored = copy.copy(info)  # name, time and permissions kept
+            stored.compress_type = zipfile.ZIP_STORED
+            out.writestr(stored, data)
+    repacked.replace(wheel)
 
 
 def project_files() -> list[str]:
     """The project's files as the checkout holds them now: tracked or new, not ignored."""
     listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *PROJECT_FILES], cwd=ROOT, check=True, capture_output=True, text=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *PROJECT_FILES],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     return [path for path in listed if (ROOT / path).is_file()]
 
@@ -148,22 +165,26 @@ def build(args: argparse.Namespace) -> int:
             "download", "--quiet", "--no-deps", "-d", str(wheels), *target_args(args.python),
             *(f"{pkg}=={version}" for pkg, version in sorted(needed.items())),
         )  # fmt: skip
-        for wheel in wheels.glob("ray-*.whl"):
-            without_ray_jar(wheel)
+        sizes = {wheel.name: wheel.stat().st_size for wheel in wheels.glob("*.whl")}
+        for wheel in wheels.glob("*.whl"):
+            repack(wheel)
         for path in project_files():
             (folder / name / "project" / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / path, folder / name / "project" / path)
         sums = {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in sorted(wheels.glob("*.whl"))}
         (folder / name / "SHA256SUMS").write_text("".join(f"{s}  wheels/{n}\n" for n, s in sums.items()))
-        bundle = args.out / f"{name}.tar"
-        with tarfile.open(bundle, "w") as tar:
+        bundle = args.out / f"{name}.tar.xz"
+        with tarfile.open(bundle, "w:xz", preset=6) as tar:
             tar.add(folder / name, arcname=name)
-        for wheel in sorted(wheels.glob("*.whl"), key=lambda w: -w.stat().st_size):
-            print(f"{wheel.stat().st_size / 2**20:8.1f} MiB  {wheel.name}")
+        for wheel, size in sorted(sizes.items(), key=lambda item: -item[1]):
+            print(f"{size / 2**20:8.1f} MiB  {wheel} (as published)")
     mib = bundle.stat().st_size / 2**20
     print(f"{bundle}: {mib:.1f} MiB, {len(sums)} wheels for Python {args.python} beside what --have lists")
     if mib > args.limit_mib:
-        print(f"over the {args.limit_mib} MiB limit: list more of what the machine has in --have", file=sys.stderr)
+        print(
+            f"over the {args.limit_mib} MiB limit: list more of what the machine has in --have",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -172,15 +193,29 @@ def run(args: argparse.Namespace) -> int:
     bundle = ROOT.parent
     wheels = sorted((bundle / "wheels").glob("*.whl"))
     if not wheels:
-        print(f"no wheels in {bundle / 'wheels'}: run this from an unpacked bundle (see --help)", file=sys.stderr)
+        print(
+            f"no wheels in {bundle / 'wheels'}: run this from an unpacked bundle (see --help)",
+            file=sys.stderr,
+        )
         return 2
     site = bundle / "site"
     started = time.perf_counter()
     if not (site / ".installed").exists():
-        pip("install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--target", str(site), *map(str, wheels))
+        pip(
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(site),
+            *map(str, wheels),
+        )
         (site / ".installed").touch()
     print(f"installed {len(wheels)} wheels into {site} in {time.perf_counter() - started:.1f} s", flush=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     check = "import " + ", ".join(IMPORTS)
     if subprocess.run([sys.executable, "-c", check], env=env).returncode:
         print("a package the sweep imports is missing (above): build the bundle again with a --have "
