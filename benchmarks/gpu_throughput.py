@@ -69,39 +69,51 @@ class GpuUtilisation:
             self.process.wait()
 
 
-def _device() -> torch.device:
+def device_for_run() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+class TrainStep:
+    """The train loop's step (optimizer groups, mixed precision, channels-last, device-side
+    normalisation) on a fresh random-init model, without Ray."""
+
+    def __init__(self, backbone: str, device: torch.device) -> None:
+        cfg = input_config(backbone)
+        model = create_backbone(backbone, "none", 2)
+        self.model = model.to(device, memory_format=torch.channels_last).train()
+        self.optimizer = build_optimizer("adamw", param_groups(self.model, 1e-3, 0.0, 1.0), 1e-3)
+        self.dtype = autocast_dtype(PRECISION if device.type == "cuda" else "fp32", device)
+        self.scaler = grad_scaler(self.dtype, device)
+        self.normalize = Normalize(cfg.mean, cfg.std, device)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.autocast(images.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            logits = self.model(self.normalize(images))
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
 
 def bare_loop(backbone: str, size: int, batch_size: int, steps: int, warmup: int = 15) -> tuple[float, tuple]:
     """Images/s of the train loop's step on synthetic images already on the device, and the
     (start, end) wall-clock window of the timed steps."""
-    device = _device()
-    cfg = input_config(backbone)
-    model = create_backbone(backbone, "none", 2).to(device, memory_format=torch.channels_last).train()
-    optimizer = build_optimizer("adamw", param_groups(model, 1e-3, 0.0, 1.0), 1e-3)
-    dtype = autocast_dtype(PRECISION if device.type == "cuda" else "fp32", device)
-    scaler = grad_scaler(dtype, device)
-    normalize = Normalize(cfg.mean, cfg.std, device)
+    device = device_for_run()
+    step = TrainStep(backbone, device)
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 2, (batch_size,), device=device)
-    for step in range(warmup + steps):
-        if step == warmup:
-            _sync(device)
+    for done in range(warmup + steps):
+        if done == warmup:
+            sync(device)
             started, wall = time.perf_counter(), time.time()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(normalize(images))
-        loss = F.cross_entropy(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    _sync(device)
+        step(images, labels)
+    sync(device)
     elapsed = time.perf_counter() - started
     return steps * batch_size / elapsed, (wall, wall + elapsed)
 

@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
 # a sweep holds the prepared rows in Ray's object store when they take at most this share of it
 SHARED_ROWS_SHARE = 0.25
+# rows per block, so per decode + augment task: a prepared shard is read as one block (several
+# small shards too), and one block is decoded by one task on one core while the others wait
+ROWS_PER_BLOCK = 64
 
 
 def train_class_counts(
@@ -64,9 +67,11 @@ def configure_data_context() -> None:
 
 
 def read_rows(prepared: str | Path, with_source: bool = False) -> ray.data.Dataset:
-    """The prepared dataset's rows, with the columns the pipeline uses (`source` on request)."""
+    """The prepared dataset's rows, with the columns the pipeline uses (`source` on request), in
+    blocks of at most `ROWS_PER_BLOCK` rows."""
     columns = READ_COLUMNS + (["source"] if with_source else [])
-    return ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
+    rows = ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
+    return rows.repartition(target_num_rows_per_block=ROWS_PER_BLOCK)
 
 
 def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.MaterializedDataset | None:
