@@ -9,9 +9,10 @@ loop. Project path: `orchestrator.sweep` on the bundled ISIC sample prepared at 
 and replicated `--copies` times (so an epoch lasts long enough to time), `--trials` learning rates:
 Ray Data decodes and augments, one Ray Train worker trains. Its figure is the median of the train
 loop's own `train_images_per_s` over every trial's epochs after its first (the first includes
-starting Ray Data's workers). GPU utilisation: nvidia-smi's, sampled every 200 ms, averaged over
-the bare loop's timed steps and over the trials' epochs (from their first to their last optimizer
-step: `trainables/timing.py`). Without a GPU it runs on CPU as a smoke run. The last line is the ratio.
+starting Ray Data's workers). GPU utilisation: nvidia-smi's for the machine's first GPU, sampled
+every 200 ms, averaged over the bare loop's timed steps and over the trials' epochs (from their
+first to their last optimizer step: `trainables/timing.py`). Without a GPU it runs on CPU as a
+smoke run. The last line is the ratio.
 """
 
 from __future__ import annotations
@@ -188,6 +189,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps of the bare loop")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch's figure includes starting Ray Data")
     size = args.image_size or input_config(args.backbone).input_size
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (smoke run)"
     utilisation = GpuUtilisation()

@@ -74,14 +74,16 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_have(path: Path) -> set[str]:
-    """Package names from `pip list --format=freeze` (or `pip freeze`, or one name a line)."""
-    names = set()
+def read_have(path: Path) -> dict[str, str | None]:
+    """Package name -> pinned version (None when the line has none), from `pip list
+    --format=freeze` (or `pip freeze`, or one name a line)."""
+    have: dict[str, str | None] = {}
     for line in path.read_text().splitlines():
         line = line.split("#")[0].strip()
         if line and not line.startswith("-"):
-            names.add(canonical(re.split(r"[=<>~! @;\[]", line, maxsplit=1)[0]))
-    return names
+            name, _, version = line.partition("==")
+            have[canonical(re.split(r"[<>~! @;\[]", name, maxsplit=1)[0])] = version.strip() or None
+    return have
 
 
 def pip(*args: str) -> None:
@@ -104,20 +106,22 @@ def target_args(python: str) -> list[str]:
     return args
 
 
-def constraints(folder: Path) -> Path:
-    """This environment's versions, so the bundle carries what the project is tested with."""
+def constraints(folder: Path, have: dict[str, str | None]) -> Path:
+    """The versions to resolve to: the GPU machine's where `--have` pins them (the bundled wheels run
+    beside those), else this environment's, so the bundle carries what the project is tested with."""
     pinned = {canonical(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()}
+    pinned.update({name: version for name, version in have.items() if version and "+" not in version})
     path = folder / "constraints.txt"
     path.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pinned.items())))
     return path
 
 
-def resolve(python: str, folder: Path) -> dict[str, str]:
+def resolve(python: str, have: dict[str, str | None], folder: Path) -> dict[str, str]:
     """Every package REQUIREMENTS need on the target Python, name -> version (nothing installed)."""
     report = folder / "report.json"
     pip(
         "install", "--quiet", "--dry-run", "--ignore-installed", "--target", str(folder / "unused"),
-        "--report", str(report), "-c", str(constraints(folder)), *target_args(python), *REQUIREMENTS,
+        "--report", str(report), "-c", str(constraints(folder, have)), *target_args(python), *REQUIREMENTS,
     )  # fmt: skip
     installs = json.loads(report.read_text())["install"]
     return {canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
@@ -154,12 +158,13 @@ def project_files() -> list[str]:
 
 
 def build(args: argparse.Namespace) -> int:
-    have = read_have(args.have) | PROVIDED
+    have = read_have(args.have)
     name = f"isic-gpu-bundle-cp{args.python.replace('.', '')}"
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        needed = {pkg: version for pkg, version in resolve(args.python, folder).items() if pkg not in have}
+        resolved = resolve(args.python, have, folder)
+        needed = {pkg: version for pkg, version in resolved.items() if pkg not in have.keys() | PROVIDED}
         wheels = folder / name / "wheels"
         pip(
             "download", "--quiet", "--no-deps", "-d", str(wheels), *target_args(args.python),
@@ -181,41 +186,47 @@ def build(args: argparse.Namespace) -> int:
     mib = bundle.stat().st_size / 2**20
     print(f"{bundle}: {mib:.1f} MiB, {len(sums)} wheels for Python {args.python} beside what --have lists")
     if mib > args.limit_mib:
-        print(
-            f"over the {args.limit_mib} MiB limit: list more of what the machine has in --have",
-            file=sys.stderr,
-        )
+        bundle.unlink()
+        print(f"removed: over the {args.limit_mib} MiB limit (--limit-mib)", file=sys.stderr)
         return 1
     return 0
 
 
+def installed_site(bundle: Path) -> Path:
+    """The bundle's wheels installed into `bundle/site`, once: checked against SHA256SUMS, installed
+    into a temporary folder and renamed, so an install cut short is never taken for a whole one."""
+    sums = (bundle / "SHA256SUMS").read_text()
+    site, stamp = bundle / "site", hashlib.sha256(sums.encode()).hexdigest()
+    if (site / ".installed").is_file() and (site / ".installed").read_text() == stamp:
+        return site
+    wheels = []
+    for line in sums.splitlines():
+        digest, name = line.split(maxsplit=1)
+        if hashlib.sha256((bundle / name).read_bytes()).hexdigest() != digest:
+            raise SystemExit(f"{bundle / name} is damaged (its SHA-256 differs): copy the bundle again")
+        wheels.append(str(bundle / name))
+    partial = bundle / "site.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(site, ignore_errors=True)
+    pip("install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--target", str(partial), *wheels)
+    (partial / ".installed").write_text(stamp)
+    partial.rename(site)
+    return site
+
+
 def run(args: argparse.Namespace) -> int:
     bundle = ROOT.parent
-    wheels = sorted((bundle / "wheels").glob("*.whl"))
-    if not wheels:
-        print(
-            f"no wheels in {bundle / 'wheels'}: run this from an unpacked bundle (see --help)",
-            file=sys.stderr,
-        )
-        return 2
-    site = bundle / "site"
+    if not (bundle / "SHA256SUMS").is_file():
+        raise SystemExit(f"no SHA256SUMS beside {ROOT}: run this from an unpacked bundle (see --help)")
+    built_for = bundle.name.rpartition("-cp")[2]
+    running = f"{sys.version_info.major}{sys.version_info.minor}"
+    if built_for != running:
+        raise SystemExit(f"this bundle holds wheels for Python cp{built_for}, not {sys.version.split()[0]}")
     started = time.perf_counter()
-    if not (site / ".installed").exists():
-        pip(
-            "install",
-            "--quiet",
-            "--no-index",
-            "--no-deps",
-            "--no-compile",
-            "--target",
-            str(site),
-            *map(str, wheels),
-        )
-        (site / ".installed").touch()
-    print(f"installed {len(wheels)} wheels into {site} in {time.perf_counter() - started:.1f} s", flush=True)
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    )
+    site = installed_site(bundle)
+    print(f"wheels installed in {site} ({time.perf_counter() - started:.1f} s)", flush=True)
+    paths = [str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in paths if path))
     check = "import " + ", ".join(IMPORTS)
     if subprocess.run([sys.executable, "-c", check], env=env).returncode:
         print("a package the sweep imports is missing (above): build the bundle again with a --have "

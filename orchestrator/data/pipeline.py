@@ -67,11 +67,9 @@ def configure_data_context() -> None:
 
 
 def read_rows(prepared: str | Path, with_source: bool = False) -> ray.data.Dataset:
-    """The prepared dataset's rows, with the columns the pipeline uses (`source` on request), in
-    blocks of at most `ROWS_PER_BLOCK` rows."""
+    """The prepared dataset's rows, with the columns the pipeline uses (`source` on request)."""
     columns = READ_COLUMNS + (["source"] if with_source else [])
-    rows = ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
-    return rows.repartition(target_num_rows_per_block=ROWS_PER_BLOCK)
+    return ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
 
 
 def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.MaterializedDataset | None:
@@ -130,6 +128,12 @@ def build_datasets(
     else:
         train = rows.filter(expr=f"fold != {val_fold}{held_out}")
         val = rows.filter(expr=f"fold == {val_fold}")
+    # exactly ROWS_PER_BLOCK rows a block (the last one fewer), whatever blocks the rows came in:
+    # the seeded augmentation and oversampling draw per block, so rows held in memory and rows read
+    # from the files (where Ray pushes the filter into the read) must be cut alike
+    train, val = (
+        split.repartition(target_num_rows_per_block=ROWS_PER_BLOCK, strict=True) for split in (train, val)
+    )
     if balance == "oversample":
         factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold, val_source))
         train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
