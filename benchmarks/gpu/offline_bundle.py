@@ -226,7 +226,11 @@ def run(args: argparse.Namespace) -> int:
     site = installed_site(bundle)
     print(f"wheels installed in {site} ({time.perf_counter() - started:.1f} s)", flush=True)
     paths = [str(site), str(ROOT), os.environ.get("PYTHONPATH", "")]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in paths if path))
+    # offline: albumentations would look up its latest release at import (the project's own
+    # imports set this too; the import check below comes first)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(path for path in paths if path), NO_ALBUMENTATIONS_UPDATE="1"
+    )
     check = "import " + ", ".join(IMPORTS)
     if subprocess.run([sys.executable, "-c", check], env=env).returncode:
         print("a package the sweep imports is missing (above): build the bundle again with a --have "
