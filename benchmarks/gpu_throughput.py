@@ -39,7 +39,7 @@ from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
-from trainables.timing import TIMING_LOG
+from trainables.timing import TIMING_LOG, read_marks
 
 PRECISION = "bf16"  # on CPU autocast to bf16 is slow: the smoke run trains in fp32
 
@@ -169,12 +169,9 @@ def project_path(args: argparse.Namespace, size: int, root: Path) -> tuple[list[
         [json.loads(line)["train_images_per_s"] for line in result.read_text().splitlines()]
         for result in sorted(run_dir.glob("*/result.json"))
     ]
-    marks = [json.loads(line) for line in timing.read_text().splitlines()] if timing.exists() else []
     windows = []
-    for trial in {m["trial"] for m in marks}:
-        firsts = sorted(m["time"] for m in marks if m["trial"] == trial and m["event"] == "first_step")
-        lasts = sorted(m["time"] for m in marks if m["trial"] == trial and m["event"] == "last_step")
-        windows += list(zip(firsts, lasts, strict=False))[1:]
+    for events in read_marks(timing).values():
+        windows += list(zip(events.get("first_step", []), events.get("last_step", []), strict=False))[1:]
     return per_trial, windows
 
 

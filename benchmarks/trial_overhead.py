@@ -40,7 +40,7 @@ from trainables.finetune import param_groups
 from trainables.metrics import validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize
-from trainables.timing import TIMING_LOG
+from trainables.timing import TIMING_LOG, read_marks
 from trainables.transforms import Preprocess
 
 BACKBONE, SIZE, VAL_FOLD = "test_efficientnet", 64, 0
@@ -114,11 +114,7 @@ def sweep(prepared: Path, epochs: int, root: Path) -> dict:
     finally:
         ray.shutdown()
     wall = time.perf_counter() - started
-    marks: dict[str, dict[str, list[float]]] = {}
-    for line in log.read_text().splitlines():
-        mark = json.loads(line)
-        marks.setdefault(mark["trial"], {}).setdefault(mark["event"], []).append(mark["time"])
-    trials = sorted(marks.values(), key=lambda events: min(events["trial_start"]))
+    trials = sorted(read_marks(log).values(), key=lambda events: min(events["trial_start"]))
     to_first = [min(t["first_step"]) - min(t["trial_start"]) for t in trials]
     to_next = [min(b["trial_start"]) - max(a["last_step"]) for a, b in itertools.pairwise(trials)]
     gaps = [min(b["first_step"]) - max(a["last_step"]) for a, b in itertools.pairwise(trials)]
