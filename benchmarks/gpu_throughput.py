@@ -86,7 +86,8 @@ class TrainStep:
     def __init__(self, backbone: str, device: torch.device) -> None:
         cfg = input_config(backbone)
         model = create_backbone(backbone, "none", 2)
-        self.model = model.to(device, memory_format=torch.channels_last).train()
+        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # as the loop
+        self.model = model.to(device, memory_format=layout).train()
         self.optimizer = build_optimizer("adamw", param_groups(self.model, 1e-3, 0.0, 1.0), 1e-3)
         self.dtype = autocast_dtype(PRECISION if device.type == "cuda" else "fp32", device)
         self.scaler = grad_scaler(self.dtype, device)
@@ -137,15 +138,17 @@ def replicated_sample(size: int, copies: int, root: Path) -> Path:
     return out
 
 
-def project_path(args: argparse.Namespace, size: int, root: Path) -> tuple[list[list[float]], list[tuple]]:
+def project_path(
+    args: argparse.Namespace, size: int, root: Path, prepared: Path | None = None
+) -> tuple[list[list[float]], list[tuple]]:
     """Each trial's images/s per epoch, and the (first step, last step) windows of every trial's
-    epochs after its first."""
-    prepared = replicated_sample(size, args.copies, root)
+    epochs after its first. `prepared`: the replicated sample, made here when not given."""
+    prepared = prepared or replicated_sample(size, args.copies, root)
     gpus = 1 if torch.cuda.is_available() else 0
     spec = parse_spec(
         {
             "name": "gpu-throughput",
-            "data": {"prepared": str(prepared)},
+            "data": {"prepared": str(prepared), "image_size": size},
             "search": {
                 "backbone": args.backbone,
                 "lr": [1e-3 / 3**trial for trial in range(args.trials)],
@@ -158,7 +161,11 @@ def project_path(args: argparse.Namespace, size: int, root: Path) -> tuple[list[
                 "precision": PRECISION if gpus else "fp32",
             },
             "scheduler": {"type": "fifo", "metric": "train_loss"},
-            "resources": {"cpus_per_worker": 2 if gpus else 1, "gpus_per_worker": gpus},
+            "resources": {
+                "cpus_per_worker": 2 if gpus else 1,
+                "gpus_per_worker": gpus,
+                "threads_per_worker": getattr(args, "threads", None),
+            },
             "storage": str(root / "runs"),
         }
     )

@@ -26,6 +26,7 @@ from trainables.transforms import PRESETS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
+DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
 
 Optimizer = Literal[OPTIMIZERS]
 Metric = Literal[RANKING_METRICS]
@@ -234,13 +235,17 @@ class ResourcesSpec(Strict):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     threads_per_worker: int | None = Field(
-        None, ge=1, description="torch threads of a CPU worker (default: its CPUs, rounded up)"
+        None,
+        ge=1,
+        description="torch threads of a CPU worker (default: its CPUs plus its share of the CPU left "
+        "to Ray Data, which decoding leaves mostly idle; rounded down)",
     )
     max_concurrent_trials: int | None = Field(None, ge=1)
 
     @property
     def torch_threads(self) -> int:
-        return self.threads_per_worker or math.ceil(self.cpus_per_worker)
+        shared = DATA_CPUS_PER_TRIAL / self.workers_per_trial
+        return self.threads_per_worker or max(1, math.floor(self.cpus_per_worker + shared))
 
 
 class EvaluationSpec(Strict):

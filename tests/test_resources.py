@@ -44,7 +44,10 @@ def test_asking_for_gpus_without_any(cluster):
     check_gpus(spec(), local=True)
 
 
-def test_torch_threads_default_to_the_workers_cpus():
-    assert spec(cpus_per_worker=1).resources.torch_threads == 1
+def test_torch_threads_default_to_the_workers_cpus_and_their_share_of_ray_datas():
+    assert spec(cpus_per_worker=1).resources.torch_threads == 2
     assert spec(cpus_per_worker=1.5).resources.torch_threads == 2
+    assert spec(cpus_per_worker=1, workers_per_trial=2).resources.torch_threads == 1
+    assert spec(cpus_per_worker=0.5, workers_per_trial=4).resources.torch_threads == 1
+    assert spec(cpus_per_worker=4, workers_per_trial=2).resources.torch_threads == 4
     assert spec(cpus_per_worker=1, threads_per_worker=2).resources.torch_threads == 2

@@ -1,0 +1,121 @@
+"""Training images/s on CPU: a trial's epochs through the project path against a bare loop in one
+process, same model, batch size, image size, augmentation and cores, one run, side by side.
+
+    python benchmarks/cpu_throughput.py [--backbone mobilenetv2_100] [--image-size 160]
+        [--batch-size 32] [--epochs 3] [--copies 4] [--cpus N] [--threads N] [--out result.json]
+
+Both start from the bundled ISIC sample prepared at `--image-size` and repeated `--copies` times,
+and train on every fold but fold 0 from random init, full fine-tuning, fp32.
+
+Bare loop: the training images decoded once, before the clock starts. Each epoch augments them with
+the training preset (`trainables/transforms.py`, seeded per batch) and trains on them in shuffled
+batches, with as many torch threads as `--cpus` (default: this machine's); the time counts both.
+Project path: `orchestrator.sweep` with one trial and the default resources on a local Ray instance
+of `--cpus` CPUs: Ray Data decodes and augments, a Ray Train worker trains. Each figure is the median
+of the epochs after the first (the first starts Ray Data's workers, and warms the bare loop's
+allocator). The last line is the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+from gpu_throughput import TrainStep, project_path, replicated_sample
+
+from orchestrator.config import ResourcesSpec
+from orchestrator.data.dataset_format import SHARDS
+from orchestrator.sweep import LOCAL_RAY_ENV
+from trainables.transforms import batch_seed, decode_jpeg, train_transform
+
+VAL_FOLD = 0  # the sweep's default validation fold
+
+
+def decoded_train_images(prepared: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The training rows' images (HxWx3 uint8), labels and ids."""
+    table = pq.read_table(prepared / SHARDS, columns=["image_id", "label", "fold", "image"])
+    rows = table.filter(pc.not_equal(table["fold"], VAL_FOLD)).to_pydict()
+    return [decode_jpeg(data) for data in rows["image"]], np.array(rows["label"]), np.array(rows["image_id"])
+
+
+def bare_loop(args: argparse.Namespace, prepared: Path) -> list[float]:
+    """Images/s of each epoch: augment the decoded images, train on them."""
+    import cv2
+
+    torch.set_num_threads(args.cpus)
+    cv2.setNumThreads(1)  # as in Ray Data's tasks
+    images, labels, ids = decoded_train_images(prepared)
+    step = TrainStep(args.backbone, torch.device("cpu"))
+    transform = train_transform("standard", args.image_size)
+    rates = []
+    for epoch in range(args.epochs):
+        order = np.random.default_rng(epoch).permutation(len(images))
+        started = time.perf_counter()
+        for start in range(0, len(order), args.batch_size):
+            batch = order[start : start + args.batch_size]
+            transform.set_random_seed(batch_seed(0, epoch, ids[batch]))
+            pixels = np.stack([transform(image=images[i])["image"] for i in batch]).transpose(0, 3, 1, 2)
+            step(torch.from_numpy(np.ascontiguousarray(pixels)), torch.from_numpy(labels[batch]))
+        rates.append(len(order) / (time.perf_counter() - started))
+        print(f"bare loop epoch {epoch + 1}: {rates[-1]:.1f} images/s", flush=True)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="mobilenetv2_100")
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--copies", type=int, default=4, help="times the 300-image sample is repeated")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--threads", type=int, help="the trial's torch threads (default: the spec's)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: each figure leaves out the first epoch")
+    args.trials = 1  # what project_path reads
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        prepared = replicated_sample(args.image_size, args.copies, root / "data")
+        bare = bare_loop(args, prepared)
+        torch.set_num_threads(1)  # the driver does not train
+        os.environ.update(LOCAL_RAY_ENV)  # Ray's processes inherit it
+        ray.init(address="local", num_cpus=args.cpus, configure_logging=False)
+        try:
+            per_trial, _ = project_path(args, args.image_size, root, prepared)
+        finally:
+            ray.shutdown()
+    bare_rate = statistics.median(bare[1:])
+    project_rate = statistics.median(per_trial[0][1:])
+    result = {
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "cpus": args.cpus,
+        "trial_torch_threads": ResourcesSpec(threads_per_worker=args.threads).torch_threads,
+        "bare_images_per_s_by_epoch": [round(rate, 1) for rate in bare],
+        "project_images_per_s_by_epoch": [round(rate, 1) for rate in per_trial[0]],
+        "bare_images_per_s": round(bare_rate, 1),
+        "project_images_per_s": round(project_rate, 1),
+        "ratio": round(project_rate / bare_rate, 3),
+    }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    print(f"ratio (project path / bare loop): {result['ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
