@@ -58,7 +58,7 @@ from orchestrator.storage import (
 from orchestrator.tuning import leaderboard
 from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials, failure
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
-from trainables.backbones import WeightSource, check_backbone
+from trainables.backbones import WeightSource, check_backbone, input_config
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def prepared_dataset(spec: Spec) -> Path:
                 f"{data.folds}; set data.folds: {manifest.folds} or prepare again"
             )
         return local
-    size = max(trial_image_size(spec, backbone) for backbone in spec.backbones())
+    size = max(trial_image_size(spec, input_config(backbone)) for backbone in spec.backbones())
     name = "+".join(source.name for source in data.sources)
     out = data.cache / f"{name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
     return prepare_once(data.sources, out, size, data.folds, data.seed)
@@ -358,9 +358,16 @@ def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> A
     (held in Ray's object store when they fit: `pipeline.shared_rows`)."""
     shard_bytes = sum(Storage(shared).sizes(SHARDS).values())
     rows = shared_rows(shared, with_source=bool(spec.data.val_sources), shard_bytes=shard_bytes)
+    inputs = {backbone: input_config(backbone) for backbone in spec.backbones()}
     return tune.with_resources(
         tune.with_parameters(
-            run_trial, spec=spec, prepared=shared, manifest=manifest, run_uri=run.uri, rows=rows
+            run_trial,
+            spec=spec,
+            prepared=shared,
+            manifest=manifest,
+            run_uri=run.uri,
+            inputs=inputs,
+            rows=rows,
         ),
         {"cpu": 0, "memory": DRIVER_MEMORY},
     )

@@ -66,3 +66,17 @@ def test_every_test_has_a_time_limit_that_fits_it(request):
     for item in request.session.items:
         limit = item.get_closest_marker("timeout").args[0]
         assert limit == (SLOW_LIMIT_S if item.get_closest_marker("slow") else FAST_LIMIT_S), item.nodeid
+
+
+def test_a_trials_actor_imports_neither_timm_nor_the_train_loop():
+    """A trial's actor only builds the trial's configuration and passes the train loop on to Ray
+    Train: timm (with torchvision) and the loop are imported by the workers alone, seconds a trial."""
+    check = (
+        "import sys\n"
+        "import orchestrator.tuning.trial\n"
+        "heavy = ('timm', 'torchvision', 'albumentations', 'trainables.backbones', 'trainables.train_loop')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

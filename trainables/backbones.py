@@ -1,6 +1,6 @@
 """Build a timm backbone with a new classification head from one of the weight sources.
 
-Backbones are named by the registry below (the reference study's five and modern references) or by
+Backbones are named by the registry (`registry.py`) (the reference study's five and modern references) or by
 any timm model name. Input size and normalisation come from timm's pretrained config.
 
 Weight sources:
@@ -23,30 +23,11 @@ from torch import nn
 
 from trainables.errors import UserError
 from trainables.package_weights import PACKAGE_WEIGHTS
+from trainables.registry import REGISTRY, InputConfig, timm_name
 
 log = logging.getLogger(__name__)
 
 WEIGHT_KINDS = ("hub", "file:PATH", "package", "none")
-
-# registry name -> timm model
-REGISTRY: dict[str, str] = {
-    # the reference study's backbones
-    "resnet50": "resnet50",
-    "mobilenet": "mobilenetv1_100",
-    "mobilenetv2": "mobilenetv2_100",
-    "inception_v3": "inception_v3",
-    "densenet169": "densenet169",
-    "inception_resnet_v2": "inception_resnet_v2",
-    # modern references
-    "efficientnet_b0": "efficientnet_b0",
-    "efficientnet_lite0": "tf_efficientnet_lite0",
-    "convnext_tiny": "convnext_tiny",
-}
-
-
-def timm_name(name: str) -> str:
-    """The timm model behind a registry name; any other name is taken as a timm name."""
-    return REGISTRY.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -65,15 +46,6 @@ class WeightSource:
     @property
     def pretrained(self) -> bool:
         return self.kind != "none"
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """What the pipeline needs to feed a backbone: its native size and normalisation."""
-
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
 
 
 @cache

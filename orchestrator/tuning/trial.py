@@ -18,9 +18,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from orchestrator.config import Spec, split_of
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
-from trainables.backbones import input_config, timm_name
+from trainables.entry import train_loop_per_worker
+from trainables.registry import InputConfig, timm_name
 from trainables.timing import mark
-from trainables.train_loop import train_loop_per_worker
 from trainables.trial_config import TrialConfig
 
 CHECKPOINTS = "checkpoints"
@@ -39,16 +39,20 @@ POLICY_FIELDS = {
 }
 
 
-def trial_image_size(spec: Spec, backbone: str) -> int:
+def trial_image_size(spec: Spec, native: InputConfig) -> int:
     """The spec's image size, else the backbone's native one."""
-    return spec.data.image_size or input_config(backbone).input_size
+    return spec.data.image_size or native.input_size
 
 
-def trial_config(spec: Spec, config: dict[str, Any], manifest: Manifest, checkpoints: str) -> TrialConfig:
-    """Everything the train loop needs: Tune's searched `config` with the spec and the dataset."""
+def trial_config(
+    spec: Spec, config: dict[str, Any], manifest: Manifest, checkpoints: str, inputs: dict[str, InputConfig]
+) -> TrialConfig:
+    """Everything the train loop needs: Tune's searched `config` with the spec, the dataset and
+    `inputs`, each backbone's input config (`backbones.input_config`, read by the driver: a trial's
+    actor never imports timm)."""
     backbone, train = config["backbone"], spec.train
     split = split_of(config)
-    normalisation = input_config(backbone)
+    normalisation = inputs[backbone]
     counts = train_class_counts(manifest, split["val_fold"], spec.data.test_fold, split["val_source"])
     balance = spec.data.balance
     per_epoch = oversample_factors(counts) if balance == "oversample" else dict.fromkeys(counts, 1.0)
@@ -64,7 +68,7 @@ def trial_config(spec: Spec, config: dict[str, Any], manifest: Manifest, checkpo
         model=timm_name(backbone),
         weights=train.weights_for(backbone),
         classes=tuple(manifest.classes),
-        image_size=trial_image_size(spec, backbone),
+        image_size=trial_image_size(spec, normalisation),
         mean=tuple(normalisation.mean),
         std=tuple(normalisation.std),
         train_rows=round(sum(counts[label] * per_epoch[label] for label in counts)),
@@ -81,13 +85,15 @@ def run_trial(
     prepared: str,
     manifest: Manifest,
     run_uri: str,
+    inputs: dict[str, InputConfig],
     rows: ray.data.Dataset | None = None,
 ) -> None:
     """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach;
-    `rows`, when the driver holds them (`pipeline.shared_rows`), are read instead of `prepared`."""
+    `inputs` holds each backbone's input config; `rows`, when the driver holds them
+    (`pipeline.shared_rows`), are read instead of `prepared`."""
     trial_id = ray.tune.get_context().get_trial_id()
     mark("trial_start", trial_id)
-    trial = trial_config(spec, config, manifest, f"{run_uri}/{CHECKPOINTS}/{trial_id}")
+    trial = trial_config(spec, config, manifest, f"{run_uri}/{CHECKPOINTS}/{trial_id}", inputs)
     datasets = build_datasets(
         prepared if rows is None else rows,
         val_fold=trial.val_fold,
