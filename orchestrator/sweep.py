@@ -66,7 +66,13 @@ DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU
 # A local instance is never drained: no preemption watcher (one more actor process per trial).
 # One malloc arena per process: Ray Train runs the loop in a thread, and glibc's per-thread arenas
 # hand a CPU step's large tensors back to the kernel and fault them in again (a fifth of its time).
-LOCAL_RAY_ENV: dict[str, str] = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "MALLOC_ARENA_MAX": "1"}
+# Train's controller polls its workers every 0.5 s, not 2 s: it sees a trial's end, and passes each
+# epoch's report on to Tune, up to 1.5 s sooner.
+LOCAL_RAY_ENV: dict[str, str] = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "MALLOC_ARENA_MAX": "1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
 RUN_RECORD = "run.json"
 LEADERBOARD = "leaderboard"
 PREPARED_COPIES = "prepared"

@@ -38,13 +38,24 @@ def small_prepared(tmp_path_factory, small_source) -> Path:
     return out
 
 
+def start_local_ray() -> None:
+    """The suite's own Ray instance, set up as a sweep sets up its own (`sweep.LOCAL_RAY_ENV`)."""
+    import ray
+
+    from orchestrator.sweep import LOCAL_RAY_ENV
+
+    for name, value in LOCAL_RAY_ENV.items():  # Ray's processes inherit them
+        os.environ.setdefault(name, value)
+    # the dashboard stays on: without it a trial stopped by ASHA never gives its CPU back; "local":
+    # a new instance of the suite's own, never a cluster that `ray start` left running on the machine
+    ray.init(address="local", num_cpus=2, configure_logging=False, log_to_driver=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray
 
-    # the dashboard stays on: without it a trial stopped by ASHA never gives its CPU back; "local":
-    # a new instance of the suite's own, never a cluster that `ray start` left running on the machine
-    ray.init(address="local", num_cpus=2, configure_logging=False, log_to_driver=False)
+    start_local_ray()
     yield ray
     ray.shutdown()
 
@@ -60,7 +71,7 @@ def without_local_ray():
     yield
     ray.shutdown()
     if was_running:
-        ray.init(address="local", num_cpus=2, configure_logging=False, log_to_driver=False)
+        start_local_ray()
 
 
 @pytest.fixture(scope="session")
