@@ -7,6 +7,11 @@ from typing import Any
 
 
 def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
+    import ray.train
+
+    # Asking for the shard first starts Ray Data's split coordinator (a process of its own) while
+    # this one imports the loop and builds the model; the loop gets the same shard again.
+    ray.train.get_dataset_shard("train")
     from trainables.train_loop import train_loop_per_worker as loop
 
     loop(train_loop_config)
