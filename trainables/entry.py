@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray.train
+
 
 def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
-    import ray.train
-
     # Asking for the shard first starts Ray Data's split coordinator (a process of its own) while
     # this one imports the loop and builds the model; the loop gets the same shard again.
     ray.train.get_dataset_shard("train")
