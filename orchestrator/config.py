@@ -232,6 +232,12 @@ class SchedulerSpec(Strict):
 
 class ResourcesSpec(Strict):
     workers_per_trial: int = Field(1, ge=1)
+    train_in: Literal["auto", "trial", "ray_train"] = Field(
+        "auto",
+        description="where a trial trains: 'trial', in the Tune trial's own process (one worker, "
+        "seconds sooner to its first step); 'ray_train', on Ray Train workers (DDP, Train's worker "
+        "restarts); 'auto': 'trial' for one worker per trial, else 'ray_train'",
+    )
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     threads_per_worker: int | None = Field(
@@ -241,6 +247,20 @@ class ResourcesSpec(Strict):
         "to Ray Data, which decoding leaves mostly idle; rounded down)",
     )
     max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_worker_in_trial(self) -> ResourcesSpec:
+        if self.train_in == "trial" and self.workers_per_trial > 1:
+            raise ValueError(
+                "resources.train_in: trial trains on one worker; for workers_per_trial > 1 "
+                "set train_in: ray_train (or auto)"
+            )
+        return self
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether the loop runs in the Tune trial's own process rather than on Ray Train workers."""
+        return self.train_in == "trial" or (self.train_in == "auto" and self.workers_per_trial == 1)
 
     @property
     def torch_threads(self) -> int:

@@ -28,7 +28,7 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from orchestrator.config import DATA_CPUS_PER_TRIAL, SourceSpec, Spec, load_spec, split_of
+from orchestrator.config import DATA_CPUS_PER_TRIAL, ResourcesSpec, SourceSpec, Spec, load_spec, split_of
 from orchestrator.data import shortcuts
 from orchestrator.data.dataset_format import (
     MANIFEST,
@@ -62,9 +62,9 @@ from trainables.backbones import WeightSource, check_backbone, input_config
 
 log = logging.getLogger(__name__)
 
-DRIVER_MEMORY = 64 * 1024**2  # the trial function only drives a trainer: no CPU, a token of memory
+DRIVER_MEMORY = 64 * 1024**2  # a trial that drives Ray Train workers: no CPU, a token of memory
 # A local instance is never drained: no preemption watcher (one more actor process per trial).
-# One malloc arena per process: Ray Train runs the loop in a thread, and glibc's per-thread arenas
+# One malloc arena per process: Tune and Ray Train run the loop in a thread, and glibc's per-thread arenas
 # hand a CPU step's large tensors back to the kernel and fault them in again (a fifth of its time).
 # Train's controller polls its workers every 0.5 s, not 2 s: it sees a trial's end, and passes each
 # epoch's report on to Tune, up to 1.5 s sooner.
@@ -375,8 +375,16 @@ def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> A
             inputs=inputs,
             rows=rows,
         ),
-        {"cpu": 0, "memory": DRIVER_MEMORY},
+        trial_resources(spec.resources),
     )
+
+
+def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
+    """What Tune reserves for a trial's own process: the worker's CPU (and GPU) when it trains
+    itself; else a token, since Ray Train reserves its workers' resources."""
+    if resources.in_trial:
+        return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+    return {"cpu": 0, "memory": DRIVER_MEMORY}
 
 
 def finish(
@@ -454,6 +462,9 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
             scheduler=scheduler_for(spec),
             max_concurrent_trials=concurrent_trials(spec),
             trial_dirname_creator=_trial_dirname,
+            # a trial that trains in its own process hands that process, torch and timm imported,
+            # to the next trial: it starts training in about a second, not ten
+            reuse_actors=spec.resources.in_trial,
         ),
         run_config=tune.RunConfig(
             name=run_name,

@@ -172,8 +172,12 @@ def kill_session(session: int) -> int:
     return len(pids)
 
 
-def own_train_workers() -> set[int]:
-    """PIDs of the live Ray Train workers of this test's own Ray instance (its state API), never
+TRAIN_WORKER = "RayTrainWorker"
+TUNE_TRIAL = "ImplicitFunc"  # a function trainable's actor: where a trial trains with `train_in: trial`
+
+
+def own_actors(class_name: str) -> set[int]:
+    """PIDs of the live actors of `class_name` of this test's own Ray instance (its state API), never
     another instance's on the same machine."""
     import ray
     from ray.util.state import list_actors
@@ -181,6 +185,10 @@ def own_train_workers() -> set[int]:
     # the address is needed: without it the state API asks the newest instance on the machine
     here = ray.get_runtime_context().gcs_address
     actors = list_actors(
-        address=here, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True
+        address=here, filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")], detail=True
     )
     return {actor.pid for actor in actors if actor.pid}
+
+
+def own_train_workers() -> set[int]:
+    return own_actors(TRAIN_WORKER)

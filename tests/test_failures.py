@@ -1,5 +1,7 @@
-"""Failures a sweep must survive: a Train worker killed mid-trial resumes from its checkpoint."""
+"""Failures a sweep must survive: the process that trains, killed mid-trial, resumes from its
+checkpoint: a Ray Train worker (Ray Train restarts it) or a Tune trial's own process (Tune does)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -11,38 +13,49 @@ import pytest
 
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
-from tests.helpers import own_train_workers, tiny_spec
-from trainables.checkpoint import newest_complete
+from orchestrator.tuning.trial import KEPT_CHECKPOINTS
+from tests.helpers import TRAIN_WORKER, TUNE_TRIAL, own_actors, tiny_spec
+from trainables.checkpoint import complete_checkpoints, newest_complete
+from trainables.storage import Storage
 
 pytestmark = pytest.mark.slow
 
 
-def kill_worker_after_first_checkpoint(storage: Path, killed: list[int], timeout_s: float = 240) -> None:
-    """Kill the trial's Train workers once a checkpoint is complete in storage: a meta.json alone is
-    not enough, Ray Train may still be copying the weights beside it (a kill then rightly restarts
-    the trial from scratch, and there is nothing to resume from)."""
+def kill_after_first_checkpoint(
+    storage: Path, class_name: str, killed: list[int], timeout_s: float = 240
+) -> None:
+    """Kill the actors of `class_name` once a checkpoint is complete in storage: a meta.json alone
+    is not enough, the weights beside it may still be copied (a kill then rightly restarts the
+    trial from scratch, and there is nothing to resume from). The actors are looked up (a state API
+    call, seconds on a busy machine) while the first epoch trains, so the kill lands at once."""
     deadline = time.monotonic() + timeout_s
+    pids: set[int] = set()
     while time.monotonic() < deadline:
-        if newest_complete(str(storage)) is not None:
-            for pid in own_train_workers():
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            if killed:
-                return
+        if not pids:
+            pids = own_actors(class_name)
+        elif newest_complete(str(storage)) is not None:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # it ended since it was looked up
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            return
         time.sleep(0.2)
 
 
-def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
+@pytest.mark.parametrize(("train_in", "process"), [("ray_train", TRAIN_WORKER), ("trial", TUNE_TRIAL)])
+def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, train_in, process):
     storage = tmp_path / "runs"
     # 8 epochs of about a second each: the kill (a state API call after the first complete
     # checkpoint) lands while epochs are left, or the trial would end before it
-    spec = parse_spec(tiny_spec(tmp_path, "kill", train={"epochs": 8, "max_failures": 2}))
+    spec = parse_spec(
+        tiny_spec(tmp_path, "kill", train={"epochs": 8, "max_failures": 2}, resources={"train_in": train_in})
+    )
     killed: list[int] = []
-    killer = threading.Thread(target=kill_worker_after_first_checkpoint, args=(storage, killed))
+    killer = threading.Thread(target=kill_after_first_checkpoint, args=(storage, process, killed))
     killer.start()
     run_dir, frame = run_sweep(spec)
     killer.join()
-    assert killed, "no Train worker was found to kill"
+    assert killed, f"no {process} was found to kill"
     row = frame.iloc[0]
     assert row["status"] == "completed" and row["epochs_run"] == 8, row.to_dict()
     results = (next(run_dir.glob("*/result.json"))).read_text().splitlines()
@@ -55,3 +68,12 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path):
         key=lambda p: json.loads(p.read_text())["metrics"]["epoch"],
     )
     assert json.loads(last.read_text())["resumed_after_epoch"] >= 1
+    if train_in == "ray_train":
+        return  # Ray Train keeps its own (after a restart, the checkpoints from before it too)
+    # what a trial that trains in its own process keeps: the newest checkpoint and the best others
+    # by val_auc, as many as configured
+    reported = {json.loads(line)["epoch"]: json.loads(line)["val_auc"] for line in results}
+    kept = {meta.epoch for _, meta in complete_checkpoints(Storage(str(last.parent.parent)))}
+    others, dropped = kept - {8}, set(reported) - kept
+    assert 8 in kept and len(others) == KEPT_CHECKPOINTS, kept
+    assert min(reported[e] for e in others) >= max(reported[e] for e in dropped), (kept, reported)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import ROOT, kill_session, tiny_spec, write_yaml
 from trainables.checkpoint import newest_complete
+from trainables.session import REPORTED_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +31,19 @@ def sweep_cli(*args: str, log: Path) -> subprocess.Popen:
 
 
 def registered_checkpoints(run_dir: Path) -> dict[str, dict[str, int]]:
-    """Per trial, its checkpoints that Ray Train has registered (in the trial's checkpoint manager
-    snapshot, what a restarted trial restores from), with their epochs."""
+    """Per trial, its checkpoints that a report delivered (what a restarted trial restores from),
+    with their epochs: those Ray Train registered in the trial's checkpoint manager snapshot, or, for a
+    trial that trains in its own process, the one its `reported.json` names."""
     found: dict[str, dict[str, int]] = {}
     for snapshot in run_dir.glob("checkpoints/*/checkpoint_manager_snapshot.json"):
         with contextlib.suppress(ValueError, OSError):  # being written
             results = json.loads(snapshot.read_text())["checkpoint_results"]
             found[snapshot.parent.name] = {r["checkpoint_dir_name"]: r["metrics"]["epoch"] for r in results}
+    for reported in run_dir.glob(f"checkpoints/*/{REPORTED_FILE}"):
+        with contextlib.suppress(ValueError, OSError):  # being written
+            name = json.loads(reported.read_text())["checkpoint"]
+            epoch = json.loads((reported.parent / name / "meta.json").read_text())["metrics"]["epoch"]
+            found[reported.parent.name] = {name: epoch}
     return found
 
 

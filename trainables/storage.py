@@ -124,6 +124,11 @@ class Storage:
         if self.exists(relative):
             self._call("delete", relative, self.fs.delete_file, self._path(relative))
 
+    def delete_folder(self, relative: str) -> None:
+        """Remove the folder `relative` and everything in it, if it is there."""
+        if self.exists(relative):
+            self._call("delete", relative, self.fs.delete_dir, self._path(relative))
+
     def check_writable(self) -> None:
         """Fail before any work when the storage cannot take a file."""
         probe = f".write-check-{os.getpid()}"

@@ -1,7 +1,8 @@
-"""The code that runs on each Ray Train worker: fine-tune one backbone, report every epoch.
+"""The train loop: fine-tune one backbone, report every epoch, resume after a restart.
 
-Everything the loop needs arrives as one `TrialConfig` (`trial_config.py`). Validation metrics
-are computed over the whole validation split (it is not sharded), so rank 0's report is the trial's
+It runs on each Ray Train worker, or in the Tune trial's own process (`session.py`: where, and how
+it reports). Everything the loop needs arrives as one `TrialConfig` (`trial_config.py`). Validation
+metrics are computed over the whole validation split (it is not sharded), so rank 0's report is the trial's
 true score. The fine-tuning policy (frozen start, warm-up, cosine, decay groups) lives in
 `finetune.py`, mixed precision and the device-side normalisation in `precision.py`.
 """
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler
 from trainables.resize import EVAL_RESIZE
+from trainables.session import Session
 from trainables.timing import mark
 from trainables.trial_config import TrialConfig
 
@@ -60,10 +62,10 @@ def _unwrap(model: nn.Module) -> nn.Module:
 class Trainer:
     """One worker's model, optimizer and policy; `epoch()` trains one pass over its shard."""
 
-    def __init__(self, config: TrialConfig, world_size: int) -> None:
-        self.config, self.world_size = config, world_size
+    def __init__(self, config: TrialConfig, session: Session) -> None:
+        self.config, self.world_size = config, session.world_size
         self.resumed_after_epoch = 0  # the checkpoint's epoch when this run restarted from one
-        self.device = ray.train.torch.get_device()
+        self.device = session.device()
         if self.device.type == "cpu":
             torch.set_num_threads(config.threads)  # Ray sets 1 thread per worker CPU
         self.dtype = autocast_dtype(config.precision, self.device)
@@ -71,15 +73,14 @@ class Trainer:
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         # a frozen start leaves backbone parameters without gradients: DDP must expect that
-        ddp = {"find_unused_parameters": config.freeze_epochs > 0}
-        self.model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
+        self.model = session.prepare_model(model, find_unused_parameters=config.freeze_epochs > 0)
         groups = param_groups(_unwrap(self.model), config.lr, config.weight_decay, config.backbone_lr_scale)
         self.optimizer = build_optimizer(config.optimizer, groups, config.lr, config.weight_decay)
         self.scaler = grad_scaler(self.dtype, self.device)
         self.normalize = Normalize(config.mean, config.std, self.device)
         weights = config.class_weights
         self.class_weights = torch.tensor(weights, device=self.device) if weights else None
-        rows_per_worker = config.train_rows / world_size
+        rows_per_worker = config.train_rows / self.world_size
         self.steps_per_epoch = max(1, math.ceil(rows_per_worker / config.batch_size))
 
     def autocast(self):
@@ -130,21 +131,20 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
 
 
-def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
+def train_loop(train_loop_config: dict[str, Any], session: Session) -> None:
     config = TrialConfig(**train_loop_config)  # a missing or unknown field fails here, at once
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = session.rank
     torch.manual_seed(config.seed + rank)
     np.random.seed(config.seed + rank)
 
-    trainer = Trainer(config, context.get_world_size())
-    start_epoch, unreported = _resume(trainer)
+    trainer = Trainer(config, session)
+    start_epoch, unreported = _resume(trainer, session)
     trainer.resumed_after_epoch = start_epoch
-    if unreported is not None:  # its worker died before Ray Train took the report: report it now
-        _report(unreported, trainer, rank)
+    if unreported is not None:  # its process died before the report was taken: report it now
+        _report(unreported, trainer, session)
     dtypes = {"image": torch.uint8, "label": torch.int64}
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    train_shard = session.dataset("train")
+    val_shard = session.dataset("val")
     batch_size, device = config.batch_size, trainer.device
 
     for epoch in range(start_epoch, config.epochs):
@@ -156,12 +156,12 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
             local_shuffle_seed=config.seed * 1000 + epoch * 10 + rank,
         )
         try:
-            train_loss, images_per_s = trainer.epoch(epoch, train_batches, context.get_experiment_name())
+            train_loss, images_per_s = trainer.epoch(epoch, train_batches, session.name)
         except NonFiniteLossError as err:
             # a restart would diverge again: end this trial with the reason, let the sweep go on
             failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report
             failure.update(epoch=epoch + 1, failure=f"epoch {epoch + 1}: {err}")
-            ray.train.report(failure)
+            session.report(failure, None)
             return
         val_batches = val_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
         labels, scores = predict(trainer.model, val_batches, trainer.normalize, trainer.dtype)
@@ -171,19 +171,19 @@ def train_loop_per_worker(train_loop_config: dict[str, Any]) -> None:
             "train_images_per_s": images_per_s,
             **validation_metrics(labels, scores),
         }
-        _report(metrics, trainer, rank)
+        _report(metrics, trainer, session)
 
 
-def _report(metrics: dict, trainer: Trainer, rank: int) -> None:
+def _report(metrics: dict, trainer: Trainer, session: Session) -> None:
     """Report metrics from every rank; rank 0 attaches the checkpoint."""
-    if rank != 0:
-        ray.train.report(metrics)
+    if session.rank != 0:
+        session.report(metrics, None)
         return
     with tempfile.TemporaryDirectory() as folder:
         meta = _checkpoint_meta(trainer, metrics)
         torch.save(trainer.state(), Path(folder) / STATE_FILE)
         save_checkpoint(Path(folder), _unwrap(trainer.model), meta)  # meta.json records both files
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        session.report(metrics, Path(folder))
 
 
 def _checkpoint_meta(trainer: Trainer, metrics: dict) -> CheckpointMeta:
@@ -205,12 +205,12 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _resume(trainer: Trainer) -> tuple[int, dict | None]:
+def _resume(trainer: Trainer, session: Session) -> tuple[int, dict | None]:
     """Load the latest checkpoint after a restart; return the epoch to start from, and the metrics
-    of the checkpoint when they never reached Ray Train. Ray Train hands back the last checkpoint
-    it registered; one that reached the storage but was not registered (the worker or its node died
-    in between) is newer, and is taken when it is complete."""
-    checkpoint = ray.train.get_checkpoint()
+    of the checkpoint when they were never reported. The session hands back the last checkpoint a
+    report delivered; one that reached the storage but was not delivered (the process or its node
+    died in between) is newer, and is taken when it is complete."""
+    checkpoint = session.registered()
     registered = _epoch_of(checkpoint) if checkpoint is not None else 0
     checkpoints = trainer.config.checkpoints
     stored = newest_complete(checkpoints) if checkpoints else None

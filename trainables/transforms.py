@@ -118,6 +118,16 @@ def restart_epochs(dataset) -> None:
     dataset.context._execution_idx = 0
 
 
+def own_epochs(dataset):
+    """A copy of `dataset` that counts its executions from 0, on its own. Datasets derived from one
+    share its context, and so its counter: a process that iterates both a trial's `train` and `val`
+    (a trial that trains in its own process) would otherwise advance each one's epoch with the
+    other's passes, and draw other augmentations than a Ray Train worker, whose `train` runs alone."""
+    copy = type(dataset).copy(dataset, _deep_copy=True)
+    restart_epochs(copy)
+    return copy
+
+
 @dataclass
 class Preprocess:
     """Batch function: {"image": JPEG bytes, "label", "image_id"} -> {"image": uint8 NCHW, "label"}.

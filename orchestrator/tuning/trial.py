@@ -1,7 +1,9 @@
-"""One Tune trial: build the trial's datasets and run a TorchTrainer over them (Train V2 pattern).
+"""One Tune trial: build the trial's datasets and train on them, in this process or on Ray Train
+workers (`resources.train_in`).
 
-Tune calls `run_trial(config)` with the searched values; `TuneReportCallback` forwards rank 0's
-per-epoch reports to Tune, so ASHA sees every epoch and can stop the trial.
+Tune calls `run_trial(config)` with the searched values. In this process, the loop reports each epoch
+to Tune itself; on Ray Train workers (a TorchTrainer, the Train V2 pattern), `TuneReportCallback`
+forwards rank 0's reports. Either way ASHA sees every epoch and can stop the trial.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from orchestrator.config import Spec, split_of
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
-from trainables.entry import train_loop_per_worker
+from trainables.entry import train_in_trial, train_loop_per_worker
 from trainables.registry import InputConfig, timm_name
 from trainables.timing import mark
 from trainables.trial_config import TrialConfig
 
 CHECKPOINTS = "checkpoints"
+KEPT_CHECKPOINTS = 2  # per trial, the best by the scheduler's metric (and always the newest)
 
 
 # the spec's `train` fields a trial config carries as they are
@@ -107,6 +110,10 @@ def run_trial(
         manifest=manifest,
     )
     resources = spec.resources
+    if resources.in_trial:
+        kept = (spec.scheduler.metric, spec.scheduler.resolved_mode, KEPT_CHECKPOINTS)
+        train_in_trial(asdict(trial), datasets, trial_id, kept, use_gpu=resources.gpus_per_worker > 0)
+        return
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker
@@ -126,7 +133,7 @@ def run_trial(
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=2,
+                num_to_keep=KEPT_CHECKPOINTS,
                 checkpoint_score_attribute=spec.scheduler.metric,
                 checkpoint_score_order=spec.scheduler.resolved_mode,
             ),

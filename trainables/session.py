@@ -1,0 +1,146 @@
+"""Where a trial's train loop runs, and what it asks of that place: its rank, its device, its
+datasets, where reports and checkpoints go, and the checkpoint a restart resumes from.
+
+- `TrainSession`: on Ray Train workers (`trainables.entry`). Several workers train one model with
+  DDP; Ray Train restarts a failed worker group from its last registered checkpoint.
+- `TrialSession`: in the Tune trial's own process (`train_in_trial`), for a trial of one worker.
+  There is no Train controller, worker group or dataset split to start: a trial reaches its first
+  step seconds sooner. Checkpoints go to the same folder, kept by the same rule; once a report has
+  reached Tune, the trial's `reported.json` names its checkpoint, which a restart (Tune's
+  `FailureConfig`, or a resumed sweep) goes on from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import ray
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+from torch import nn
+
+from trainables.checkpoint import META_FILE, CheckpointMeta, complete_checkpoints
+from trainables.storage import Storage
+from trainables.transforms import own_epochs
+
+REPORTED_FILE = "reported.json"  # beside a trial's checkpoints: the one its last report came with
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    name: str  # the trial's name, for timing marks
+
+    def device(self) -> torch.device: ...
+
+    def prepare_model(self, model: nn.Module, find_unused_parameters: bool) -> nn.Module: ...
+
+    def dataset(self, name: str) -> Any:
+        """The worker's part of dataset `name` ("train" or "val"): it has `iter_torch_batches`."""
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        """Report one epoch; rank 0 passes the epoch's checkpoint folder, which it may remove after."""
+
+    def registered(self) -> ray.train.Checkpoint | None:
+        """The last checkpoint a report delivered, which a restart resumes from (None: start)."""
+
+
+class TrainSession:
+    """The loop on a Ray Train worker."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.name = context.get_experiment_name()
+
+    def device(self) -> torch.device:
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: nn.Module, find_unused_parameters: bool) -> nn.Module:
+        ddp = {"find_unused_parameters": find_unused_parameters}
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=ddp)
+
+    def dataset(self, name: str) -> Any:
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        )
+
+    def registered(self) -> ray.train.Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+
+class TrialSession:
+    """The loop in the Tune trial's own process: rank 0 of 1. Each checkpoint is uploaded to
+    `checkpoints/checkpoint_EEEEEE` (E: the epoch) before its report. The `keep` best by `metric`,
+    and the newest, are kept; the others are removed, as Ray Train does."""
+
+    rank, world_size = 0, 1
+
+    def __init__(
+        self,
+        name: str,
+        datasets: dict[str, Any],
+        checkpoints: str,
+        metric: str,
+        mode: str,
+        keep: int,
+        use_gpu: bool,
+    ) -> None:
+        self.name, self.storage = name, Storage(checkpoints)
+        self.datasets = {key: own_epochs(dataset) for key, dataset in datasets.items()}
+        self.metric, self.mode, self.keep = metric, mode, keep
+        self._device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def device(self) -> torch.device:
+        return self._device
+
+    def prepare_model(self, model: nn.Module, find_unused_parameters: bool) -> nn.Module:
+        return model.to(self._device)
+
+    def dataset(self, name: str) -> Any:
+        return self.datasets[name]
+
+    def report(self, metrics: dict, checkpoint: Path | None) -> None:
+        if checkpoint is None:
+            ray.tune.report(metrics)
+            return
+        name = f"checkpoint_{int(metrics['epoch']):06d}"
+        self.storage.delete_folder(name)  # a copy cut short by an earlier attempt at this epoch
+        files = sorted(checkpoint.iterdir(), key=lambda path: path.name == META_FILE)
+        for path in files:  # meta.json last: it is what marks the folder as a checkpoint
+            self.storage.write_atomic(f"{name}/{path.name}", path.read_bytes())
+        ray.tune.report(metrics)  # returns once Tune has taken the result
+        self.storage.write_atomic(REPORTED_FILE, json.dumps({"checkpoint": name}).encode())
+        self._remove_all_but_the_kept(newest=name)  # after: the reported one is the newest
+
+    def registered(self) -> ray.train.Checkpoint | None:
+        if not self.storage.exists(REPORTED_FILE):
+            return None
+        name = json.loads(self.storage.read_text(REPORTED_FILE))["checkpoint"]
+        return ray.train.Checkpoint(self.storage.uri_of(name))
+
+    def _remove_all_but_the_kept(self, newest: str) -> None:
+        ranked = sorted(
+            complete_checkpoints(self.storage),
+            key=lambda found: rank(found[1], self.metric, self.mode),
+            reverse=True,
+        )
+        for folder, _ in ranked[self.keep :]:
+            if folder != newest:
+                self.storage.delete_folder(folder)
+
+
+def rank(meta: CheckpointMeta, metric: str, mode: str) -> float:
+    """Higher is better: the checkpoint's `metric` (negated for mode "min"); NaN ranks last."""
+    value = float(meta.metrics.get(metric, float("nan")))
+    if math.isnan(value):
+        return float("-inf")
+    return value if mode == "max" else -value
