@@ -99,6 +99,16 @@ def test_loss_metric_defaults_to_minimising():
     assert spec.scheduler.resolved_mode == "min"
 
 
+def test_a_trial_trains_in_its_own_process_only_alone():
+    def in_trial(**resources) -> bool:
+        return parse_spec(spec_with(resources=resources)).resources.in_trial
+
+    assert in_trial() and in_trial(train_in="trial")
+    assert not in_trial(workers_per_trial=2) and not in_trial(train_in="ray_train")
+    message = error_of(spec_with(resources={"workers_per_trial": 2, "train_in": "trial"}))
+    assert "train_in: ray_train" in message, message
+
+
 def test_missing_spec_file(tmp_path):
     with pytest.raises(UserError, match="spec file not found"):
         load_spec(tmp_path / "nope.yaml")
