@@ -22,17 +22,18 @@ pytestmark = pytest.mark.slow
 
 
 def kill_after_first_checkpoint(
-    storage: Path, class_name: str, killed: list[int], timeout_s: float = 240
+    storage: Path, class_name: str, earlier: set[int], killed: list[int], timeout_s: float = 240
 ) -> None:
     """Kill the actors of `class_name` once a checkpoint is complete in storage: a meta.json alone
     is not enough, the weights beside it may still be copied (a kill then rightly restarts the
     trial from scratch, and there is nothing to resume from). The actors are looked up (a state API
-    call, seconds on a busy machine) while the first epoch trains, so the kill lands at once."""
+    call, seconds on a busy machine) while the first epoch trains, so the kill lands at once;
+    `earlier` ones (of earlier sweeps on this Ray instance, perhaps still ending) are left alone."""
     deadline = time.monotonic() + timeout_s
     pids: set[int] = set()
     while time.monotonic() < deadline:
         if not pids:
-            pids = own_actors(class_name)
+            pids = own_actors(class_name) - earlier
         elif newest_complete(str(storage)) is not None:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):  # it ended since it was looked up
@@ -45,13 +46,14 @@ def kill_after_first_checkpoint(
 @pytest.mark.parametrize(("train_in", "process"), [("ray_train", TRAIN_WORKER), ("trial", TUNE_TRIAL)])
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, train_in, process):
     storage = tmp_path / "runs"
-    # 8 epochs of about a second each: the kill (a state API call after the first complete
-    # checkpoint) lands while epochs are left, or the trial would end before it
+    # 8 epochs of about a second each: the kill (at the first complete checkpoint) lands while
+    # epochs are left, or the trial would end before it
     spec = parse_spec(
         tiny_spec(tmp_path, "kill", train={"epochs": 8, "max_failures": 2}, resources={"train_in": train_in})
     )
     killed: list[int] = []
-    killer = threading.Thread(target=kill_after_first_checkpoint, args=(storage, process, killed))
+    earlier = own_actors(process)
+    killer = threading.Thread(target=kill_after_first_checkpoint, args=(storage, process, earlier, killed))
     killer.start()
     run_dir, frame = run_sweep(spec)
     killer.join()
@@ -75,5 +77,5 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, tra
     reported = {json.loads(line)["epoch"]: json.loads(line)["val_auc"] for line in results}
     kept = {meta.epoch for _, meta in complete_checkpoints(Storage(str(last.parent.parent)))}
     others, dropped = kept - {8}, set(reported) - kept
-    assert 8 in kept and len(others) == KEPT_CHECKPOINTS, kept
+    assert 8 in kept and KEPT_CHECKPOINTS <= len(kept) <= KEPT_CHECKPOINTS + 1, kept
     assert min(reported[e] for e in others) >= max(reported[e] for e in dropped), (kept, reported)
