@@ -173,7 +173,6 @@ def kill_session(session: int) -> int:
 
 
 TRAIN_WORKER = "RayTrainWorker"
-TUNE_TRIAL = "ImplicitFunc"  # a function trainable's actor: where a trial trains with `train_in: trial`
 
 
 def own_actors(class_name: str) -> set[int]:

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from orchestrator.config import parse_spec
 from orchestrator.sweep import run_sweep
 from orchestrator.tuning.trial import KEPT_CHECKPOINTS
-from tests.helpers import TRAIN_WORKER, TUNE_TRIAL, own_actors, tiny_spec
+from tests.helpers import TRAIN_WORKER, own_actors, tiny_spec
 from trainables.checkpoint import complete_checkpoints, newest_complete
 from trainables.storage import Storage
 
@@ -22,18 +23,17 @@ pytestmark = pytest.mark.slow
 
 
 def kill_after_first_checkpoint(
-    storage: Path, class_name: str, earlier: set[int], killed: list[int], timeout_s: float = 240
+    storage: Path, processes: Callable[[], set[int]], killed: list[int], timeout_s: float = 240
 ) -> None:
-    """Kill the actors of `class_name` once a checkpoint is complete in storage: a meta.json alone
-    is not enough, the weights beside it may still be copied (a kill then rightly restarts the
-    trial from scratch, and there is nothing to resume from). The actors are looked up (a state API
-    call, seconds on a busy machine) while the first epoch trains, so the kill lands at once;
-    `earlier` ones (of earlier sweeps on this Ray instance, perhaps still ending) are left alone."""
+    """Kill the `processes()` once a checkpoint is complete in storage: a meta.json alone is not
+    enough, the weights beside it may still be copied (a kill then rightly restarts the trial from
+    scratch, and there is nothing to resume from). They are looked up while the first epoch trains
+    (a state API call takes seconds on a busy machine), so the kill lands at once."""
     deadline = time.monotonic() + timeout_s
     pids: set[int] = set()
     while time.monotonic() < deadline:
         if not pids:
-            pids = own_actors(class_name) - earlier
+            pids = processes()
         elif newest_complete(str(storage)) is not None:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):  # it ended since it was looked up
@@ -43,8 +43,27 @@ def kill_after_first_checkpoint(
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize(("train_in", "process"), [("ray_train", TRAIN_WORKER), ("trial", TUNE_TRIAL)])
-def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, train_in, process):
+def train_workers(earlier: set[int]) -> Callable[[], set[int]]:
+    """This sweep's Ray Train workers: those alive now that were not before it started."""
+    return lambda: own_actors(TRAIN_WORKER) - earlier
+
+
+def trial_processes(storage: Path) -> Callable[[], set[int]]:
+    """The process a trial trains in, as Tune records it with each result: nothing else on the Ray
+    instance can be taken for it (a finished sweep's reused trial process may still be ending)."""
+
+    def reported() -> set[int]:
+        pids = set()
+        for results in storage.glob("*/*/result.json"):
+            with contextlib.suppress(ValueError, OSError):  # being written
+                pids |= {json.loads(line)["pid"] for line in results.read_text().splitlines()}
+        return pids
+
+    return reported
+
+
+@pytest.mark.parametrize("train_in", ["ray_train", "trial"])
+def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, train_in):
     storage = tmp_path / "runs"
     # 8 epochs of about a second each: the kill (at the first complete checkpoint) lands while
     # epochs are left, or the trial would end before it
@@ -52,12 +71,12 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, tra
         tiny_spec(tmp_path, "kill", train={"epochs": 8, "max_failures": 2}, resources={"train_in": train_in})
     )
     killed: list[int] = []
-    earlier = own_actors(process)
-    killer = threading.Thread(target=kill_after_first_checkpoint, args=(storage, process, earlier, killed))
+    processes = trial_processes(storage) if train_in == "trial" else train_workers(own_actors(TRAIN_WORKER))
+    killer = threading.Thread(target=kill_after_first_checkpoint, args=(storage, processes, killed))
     killer.start()
     run_dir, frame = run_sweep(spec)
     killer.join()
-    assert killed, f"no {process} was found to kill"
+    assert killed, "no process that trains was found to kill"
     row = frame.iloc[0]
     assert row["status"] == "completed" and row["epochs_run"] == 8, row.to_dict()
     results = (next(run_dir.glob("*/result.json"))).read_text().splitlines()

@@ -45,3 +45,16 @@ def test_best_checkpoint_follows_the_metric_and_mode(tmp_path):
     # resuming follows the same rule: checkpoint_g (epoch 9) records no files, checkpoint_e is cut
     # short, and of the complete ones (epochs 1, 0, 0) checkpoint_a is the newest
     assert newest_complete(str(tmp_path / "trial1")) == (1, str(tmp_path / "trial1" / "checkpoint_a"))
+
+
+def test_a_tie_goes_to_the_earlier_epoch_in_any_listing_order():
+    # two epochs with the same validation AUC (common on a small validation set): the best is the
+    # same checkpoint however the storage lists them, and so is the pairing of its numbers
+    kept = [
+        (f"checkpoint_{epoch}", {"val_auc": 0.64, "val_loss": loss, "epoch": epoch})
+        for epoch, loss in ((1, 0.7), (2, 0.6))
+    ]
+    for order in (kept, kept[::-1]):
+        assert best_checkpoint(order, "val_auc", "max")[0] == "checkpoint_1"
+    ahead = [*kept, ("checkpoint_3", {"val_auc": 0.65, "val_loss": 0.9, "epoch": 3})]
+    assert best_checkpoint(ahead[::-1], "val_auc", "max")[0] == "checkpoint_3"  # better wins, later or not

@@ -1,6 +1,8 @@
 """Seeds make a CPU sweep repeatable, wherever its trials train (their own processes, one reused for
 the next trial, or Ray Train workers); k-fold cross-validation trains each configuration on every fold."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -25,6 +27,8 @@ def test_same_seed_same_numbers_and_folds_aggregate(ray_local, tmp_path):
     _, again = run_sweep(parse_spec(_spec(tmp_path, "again", 2, "ray_train")))
 
     assert sorted(cv["val_fold"]) == [0, 1, 2] and (cv["status"] == "completed").all()
+    results = [json.loads(line) for path in cv_dir.glob("*/result.json") for line in path.open()]
+    assert len(results) == 6 and len({result["pid"] for result in results}) == 1  # one process, reused
     fold2 = cv[cv["val_fold"] == 2].iloc[0]
     for column in COMPARED:
         assert fold2[column] == again.iloc[0][column], column  # bit for bit, not approximately

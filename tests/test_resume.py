@@ -33,17 +33,19 @@ def sweep_cli(*args: str, log: Path) -> subprocess.Popen:
 def registered_checkpoints(run_dir: Path) -> dict[str, dict[str, int]]:
     """Per trial, its checkpoints that a report delivered (what a restarted trial restores from),
     with their epochs: those Ray Train registered in the trial's checkpoint manager snapshot, or, for a
-    trial that trains in its own process, the one its `reported.json` names."""
+    trial that trains in its own process, the one its newest Tune checkpoint names."""
     found: dict[str, dict[str, int]] = {}
     for snapshot in run_dir.glob("checkpoints/*/checkpoint_manager_snapshot.json"):
         with contextlib.suppress(ValueError, OSError):  # being written
             results = json.loads(snapshot.read_text())["checkpoint_results"]
             found[snapshot.parent.name] = {r["checkpoint_dir_name"]: r["metrics"]["epoch"] for r in results}
-    for reported in run_dir.glob(f"checkpoints/*/{REPORTED_FILE}"):
-        with contextlib.suppress(ValueError, OSError):  # being written
-            name = json.loads(reported.read_text())["checkpoint"]
-            epoch = json.loads((reported.parent / name / "meta.json").read_text())["metrics"]["epoch"]
-            found[reported.parent.name] = {name: epoch}
+    for pointer in run_dir.glob(f"*/checkpoint_*/{REPORTED_FILE}"):
+        with contextlib.suppress(ValueError, OSError):  # being written, or replaced by a newer one
+            trial, name = pointer.parent.parent.name, json.loads(pointer.read_text())["checkpoint"]
+            meta = run_dir / "checkpoints" / trial / name / "meta.json"
+            epoch = json.loads(meta.read_text())["metrics"]["epoch"]
+            if epoch > max(found.get(trial, {"": 0}).values()):  # Tune adds the new one, then drops the old
+                found[trial] = {name: epoch}
     return found
 
 

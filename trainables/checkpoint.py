@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
@@ -142,6 +143,18 @@ def complete_checkpoints(storage: Storage) -> Iterator[tuple[str, CheckpointMeta
             continue
         if is_complete(meta, sizes, folder):
             yield folder, meta
+
+
+def rank(metrics: dict, metric: str, mode: str) -> tuple[float, int]:
+    """Where a checkpoint with `metrics` stands among its trial's, higher is better: its `metric`
+    (negated for mode "min"; NaN last), and on a tie the earlier epoch (a later one must do better
+    to take its place), so that the best of a trial never depends on the order of a listing."""
+    value = float(metrics.get(metric, float("nan")))
+    if math.isnan(value):
+        value = float("-inf")
+    elif mode == "min":
+        value = -value
+    return value, -int(metrics.get("epoch", 0))
 
 
 def newest_complete(location: str) -> tuple[int, str] | None:

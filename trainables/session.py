@@ -5,15 +5,16 @@ datasets, where reports and checkpoints go, and the checkpoint a restart resumes
   DDP; Ray Train restarts a failed worker group from its last registered checkpoint.
 - `TrialSession`: in the Tune trial's own process (`train_in_trial`), for a trial of one worker.
   There is no Train controller, worker group or dataset split to start: a trial reaches its first
-  step seconds sooner. Checkpoints go to the same folder, kept by the same rule; once a report has
-  reached Tune, the trial's `reported.json` names its checkpoint, which a restart (Tune's
-  `FailureConfig`, or a resumed sweep) goes on from.
+  step seconds sooner. Checkpoints go to the same folder, kept by the same rule. Each report hands
+  Tune a checkpoint of its own that only names the epoch's (`reported.json`): a restart (Tune's
+  `FailureConfig`, or a resumed sweep) goes on from it, and Tune keeps the trial's results from
+  before the restart.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,11 +25,11 @@ import ray.tune
 import torch
 from torch import nn
 
-from trainables.checkpoint import META_FILE, CheckpointMeta, complete_checkpoints
+from trainables.checkpoint import META_FILE, complete_checkpoints, rank
 from trainables.storage import Storage
 from trainables.transforms import own_epochs
 
-REPORTED_FILE = "reported.json"  # beside a trial's checkpoints: the one its last report came with
+REPORTED_FILE = "reported.json"  # in the Tune checkpoint of a report: the checkpoint it came with
 
 
 class Session(Protocol):
@@ -79,8 +80,8 @@ class TrainSession:
 
 class TrialSession:
     """The loop in the Tune trial's own process: rank 0 of 1. Each checkpoint is uploaded to
-    `checkpoints/checkpoint_EEEEEE` (E: the epoch) before its report. The `keep` best by `metric`,
-    and the newest, are kept; the others are removed, as Ray Train does."""
+    `checkpoints/checkpoint_EEEEEE` (E: the epoch) before its report, whose Tune checkpoint names it.
+    The `keep` best by `metric`, and the newest, are kept; the others are removed, as Ray Train does."""
 
     rank, world_size = 0, 1
 
@@ -114,33 +115,27 @@ class TrialSession:
             return
         name = f"checkpoint_{int(metrics['epoch']):06d}"
         self.storage.delete_folder(name)  # a copy cut short by an earlier attempt at this epoch
-        files = sorted(checkpoint.iterdir(), key=lambda path: path.name == META_FILE)
-        for path in files:  # meta.json last: it is what marks the folder as a checkpoint
-            self.storage.write_atomic(f"{name}/{path.name}", path.read_bytes())
-        ray.tune.report(metrics)  # returns once Tune has taken the result
-        self.storage.write_atomic(REPORTED_FILE, json.dumps({"checkpoint": name}).encode())
+        self.storage.upload(checkpoint, name, last=META_FILE)  # meta.json marks it as a checkpoint
+        with tempfile.TemporaryDirectory() as pointer:
+            Path(pointer, REPORTED_FILE).write_text(json.dumps({"checkpoint": name}))
+            # returns once Tune has stored the pointer and taken the result
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(pointer))
         self._remove_all_but_the_kept(newest=name)  # after: the reported one is the newest
 
     def registered(self) -> ray.train.Checkpoint | None:
-        if not self.storage.exists(REPORTED_FILE):
+        pointer = ray.tune.get_checkpoint()
+        if pointer is None:
             return None
-        name = json.loads(self.storage.read_text(REPORTED_FILE))["checkpoint"]
+        with pointer.as_directory() as folder:
+            name = json.loads(Path(folder, REPORTED_FILE).read_text())["checkpoint"]
         return ray.train.Checkpoint(self.storage.uri_of(name))
 
     def _remove_all_but_the_kept(self, newest: str) -> None:
         ranked = sorted(
             complete_checkpoints(self.storage),
-            key=lambda found: rank(found[1], self.metric, self.mode),
+            key=lambda found: rank(found[1].metrics, self.metric, self.mode),
             reverse=True,
         )
         for folder, _ in ranked[self.keep :]:
             if folder != newest:
                 self.storage.delete_folder(folder)
-
-
-def rank(meta: CheckpointMeta, metric: str, mode: str) -> float:
-    """Higher is better: the checkpoint's `metric` (negated for mode "min"); NaN ranks last."""
-    value = float(meta.metrics.get(metric, float("nan")))
-    if math.isnan(value):
-        return float("-inf")
-    return value if mode == "max" else -value

@@ -95,13 +95,14 @@ class Storage:
         infos = self._call("list", relative, self.fs.get_file_info, selector)
         return {info.path[len(base) + 1 :]: info.size for info in infos if info.type == pafs.FileType.File}
 
-    def upload(self, local: Path, relative: str = "") -> None:
-        """Copy a local file to `relative`, or a local folder (recursively) into it; each file is
-        written atomically."""
+    def upload(self, local: Path, relative: str = "", last: str | None = None) -> None:
+        """Copy a local file to `relative`, or a local folder (recursively) into it, the file named
+        `last` last; each file is written atomically."""
         if local.is_file():
             self.write_atomic(relative or local.name, local.read_bytes())
             return
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        files = (p for p in local.rglob("*") if p.is_file())
+        for path in sorted(files, key=lambda path: (path.name == last, str(path))):
             inner = path.relative_to(local).as_posix()
             self.write_atomic(f"{relative}/{inner}" if relative else inner, path.read_bytes())
 

@@ -12,7 +12,7 @@ from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
-from trainables.checkpoint import complete_checkpoints
+from trainables.checkpoint import complete_checkpoints, rank
 from trainables.metrics import REPORTED_METRICS
 
 SHOWN = [
@@ -45,16 +45,14 @@ def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
 
 
 def best_checkpoint(kept: list[tuple[str, dict]], metric: str, mode: str) -> tuple[str, dict] | None:
-    """The kept checkpoint of one trial that scored best on `metric`, with its metrics."""
+    """The kept checkpoint of one trial that scored best on `metric` (on a tie, the earlier epoch),
+    with its metrics."""
     scored = [
-        (value if mode == "max" else -value, location, metrics)
-        for location, metrics in kept
-        if not math.isnan(value := metrics.get(metric, float("nan")))
+        (location, metrics) for location, metrics in kept if not math.isnan(metrics.get(metric, math.nan))
     ]
     if not scored:
         return None
-    _, location, metrics = max(scored, key=lambda item: item[0])
-    return location, metrics
+    return max(scored, key=lambda found: rank(found[1], metric, mode))
 
 
 def _status(result, epochs_run: int, epochs: int) -> tuple[str, str]:
