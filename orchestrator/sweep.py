@@ -73,9 +73,6 @@ LOCAL_RAY_ENV: dict[str, str] = {
     "MALLOC_ARENA_MAX": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
-# Tune warns when it saves the experiment's state more than once in 5 s: it does at each checkpoint
-# (see `new_tuner`), and epochs of a few seconds are what a small dataset has.
-TUNE_DRIVER_ENV: dict[str, str] = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 RUN_RECORD = "run.json"
 LEADERBOARD = "leaderboard"
 PREPARED_COPIES = "prepared"
@@ -84,9 +81,10 @@ AUDIT_FILE = shortcuts.AUDIT_FILE  # beside the runs in remote storage, where ev
 
 
 class LastEpochASHA(ASHAScheduler):
-    """ASHA that never stops a trial at its last epoch: such a trial ends by itself, so that its
-    Train controller releases its placement group (a trial actor killed by Tune can leave it
-    reserved, and the next trial's Ray Data then waits for a CPU forever)."""
+    """ASHA that never stops a trial at its last epoch: such a trial ends by itself. On Ray Train
+    workers (`train_in: ray_train`) its Train controller then releases its placement group (a trial
+    actor killed by Tune can leave it reserved, and the next trial's Ray Data waits for a CPU
+    forever); a trial that trains in its own process has no such group."""
 
     def __init__(self, epochs: int, **kwargs: Any) -> None:
         super().__init__(max_t=epochs + 1, **kwargs)
@@ -340,8 +338,6 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         ray.init(address=address if joined else "local", configure_logging=False)
     check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
-    for name, value in TUNE_DRIVER_ENV.items():
-        os.environ.setdefault(name, value)
     try:
         with beating(run):  # a second driver on this run refuses to start
             trainable = trial_runner(spec, shared, manifest, run)
@@ -478,9 +474,9 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
             # a trial whose driver died with its node starts again, from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
             # a trial that trains in its own process reports, with each epoch, a Tune checkpoint that
-            # names the epoch's checkpoint (`trainables.session`): the newest is all a restart needs,
-            # and with one kept Tune saves the experiment's state at each, which --resume reads
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # names the epoch's checkpoint (`trainables.session`): a restart needs the newest, and the
+            # one before it is what an experiment state saved before the newest names
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
 

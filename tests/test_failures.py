@@ -27,8 +27,8 @@ def kill_after_first_checkpoint(
 ) -> None:
     """Kill the `processes()` once a checkpoint is complete in storage: a meta.json alone is not
     enough, the weights beside it may still be copied (a kill then rightly restarts the trial from
-    scratch, and there is nothing to resume from). They are looked up while the first epoch trains
-    (a state API call takes seconds on a busy machine), so the kill lands at once."""
+    scratch, and there is nothing to resume from). They are looked up until found (Ray Train's
+    workers while the first epoch trains: a state API call takes seconds on a busy machine)."""
     deadline = time.monotonic() + timeout_s
     pids: set[int] = set()
     while time.monotonic() < deadline:

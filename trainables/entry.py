@@ -32,4 +32,13 @@ def train_in_trial(
     from trainables.train_loop import train_loop
 
     session = TrialSession(name, datasets, train_loop_config["checkpoints"], *kept, use_gpu=use_gpu)
-    train_loop(train_loop_config, session)
+    try:
+        train_loop(train_loop_config, session)
+    finally:
+        if use_gpu:  # the process goes on to the next trial: it gets the GPU memory back
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()

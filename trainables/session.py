@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from trainables.checkpoint import META_FILE, complete_checkpoints, rank
+from trainables.errors import UserError
 from trainables.storage import Storage
 from trainables.transforms import own_epochs
 
@@ -98,7 +99,12 @@ class TrialSession:
         self.name, self.storage = name, Storage(checkpoints)
         self.datasets = {key: own_epochs(dataset) for key, dataset in datasets.items()}
         self.metric, self.mode, self.keep = metric, mode, keep
-        self._device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        if use_gpu and not torch.cuda.is_available():
+            raise UserError(
+                f"trial {name} holds a GPU, but torch {torch.__version__} finds no CUDA device: install a "
+                "CUDA build of torch on the GPU nodes, or train on CPU with --set resources.gpus_per_worker=0"
+            )
+        self._device = torch.device("cuda" if use_gpu else "cpu")
 
     def device(self) -> torch.device:
         return self._device
@@ -116,18 +122,24 @@ class TrialSession:
         name = f"checkpoint_{int(metrics['epoch']):06d}"
         self.storage.delete_folder(name)  # a copy cut short by an earlier attempt at this epoch
         self.storage.upload(checkpoint, name, last=META_FILE)  # meta.json marks it as a checkpoint
-        with tempfile.TemporaryDirectory() as pointer:
-            Path(pointer, REPORTED_FILE).write_text(json.dumps({"checkpoint": name}))
-            # returns once Tune has stored the pointer and taken the result
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(pointer))
-        self._remove_all_but_the_kept(newest=name)  # after: the reported one is the newest
+        try:
+            with tempfile.TemporaryDirectory() as pointer:
+                Path(pointer, REPORTED_FILE).write_text(json.dumps({"checkpoint": name}))
+                # returns once Tune has stored the pointer and taken the result
+                ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(pointer))
+        finally:  # also when the scheduler stops the trial: Tune ends it from inside the report
+            self._remove_all_but_the_kept(newest=name)
 
     def registered(self) -> ray.train.Checkpoint | None:
+        """None too when the checkpoint the pointer names is gone (removed as no longer among the
+        kept before a driver died with an older pointer): the newest complete one is taken then."""
         pointer = ray.tune.get_checkpoint()
         if pointer is None:
             return None
         with pointer.as_directory() as folder:
             name = json.loads(Path(folder, REPORTED_FILE).read_text())["checkpoint"]
+        if not self.storage.exists(f"{name}/{META_FILE}"):
+            return None
         return ray.train.Checkpoint(self.storage.uri_of(name))
 
     def _remove_all_but_the_kept(self, newest: str) -> None:

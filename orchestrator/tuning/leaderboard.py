@@ -52,7 +52,7 @@ def best_checkpoint(kept: list[tuple[str, dict]], metric: str, mode: str) -> tup
     ]
     if not scored:
         return None
-    return max(scored, key=lambda found: rank(found[1], metric, mode))
+    return max(scored, key=lambda found: (rank(found[1], metric, mode), found[0]))  # then: a fixed order
 
 
 def _status(result, epochs_run: int, epochs: int) -> tuple[str, str]:
