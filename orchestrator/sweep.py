@@ -73,6 +73,9 @@ LOCAL_RAY_ENV: dict[str, str] = {
     "MALLOC_ARENA_MAX": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+# Tune warns when it saves the experiment's state more than once in 5 s, which it does at each
+# checkpoint (see `new_tuner`) of trials with short epochs. A save that is slow still warns.
+TUNE_DRIVER_ENV: dict[str, str] = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 RUN_RECORD = "run.json"
 LEADERBOARD = "leaderboard"
 PREPARED_COPIES = "prepared"
@@ -338,6 +341,8 @@ def run_sweep(spec: Spec, address: str | None = None, resume: str | None = None)
         ray.init(address=address if joined else "local", configure_logging=False)
     check_gpus(spec, local=not joined)
     warn_if_storage_is_node_local(storage)
+    for name, value in TUNE_DRIVER_ENV.items():
+        os.environ.setdefault(name, value)
     try:
         with beating(run):  # a second driver on this run refuses to start
             trainable = trial_runner(spec, shared, manifest, run)
@@ -474,9 +479,10 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
             # a trial whose driver died with its node starts again, from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
             # a trial that trains in its own process reports, with each epoch, a Tune checkpoint that
-            # names the epoch's checkpoint (`trainables.session`): a restart needs the newest, and the
-            # one before it is what an experiment state saved before the newest names
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # names the epoch's checkpoint (`trainables.session`). A restart needs the newest; and
+            # with one kept, Tune saves the experiment's state at each, so a --resume after a killed
+            # driver neither trains a finished trial again nor reports an epoch twice
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
 

@@ -132,7 +132,7 @@ class TrialSession:
 
     def registered(self) -> ray.train.Checkpoint | None:
         """None too when the checkpoint the pointer names is gone (removed as no longer among the
-        kept before a driver died with an older pointer): the newest complete one is taken then."""
+        kept): the newest complete one is taken then."""
         pointer = ray.tune.get_checkpoint()
         if pointer is None:
             return None
