@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 import ray.tune
+import torch
 
 from tests.helpers import checkpoint_meta
+from trainables.errors import UserError
 from trainables.session import REPORTED_FILE, TrialSession
 
 
@@ -60,3 +62,9 @@ def test_a_pointer_to_a_removed_checkpoint_resumes_from_the_newest(tmp_path, mon
     assert trial.registered().path == str(storage / "checkpoint_000003")
     (pointer / REPORTED_FILE).write_text(json.dumps({"checkpoint": "checkpoint_000001"}))  # removed since
     assert trial.registered() is None  # the loop then takes the newest complete one (train_loop._resume)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")
+def test_a_trial_given_a_gpu_that_torch_cannot_see_says_how_to_train_on_cpu(tmp_path):
+    with pytest.raises(UserError, match="gpus_per_worker=0"):
+        TrialSession("t", {}, str(tmp_path), metric="val_auc", mode="max", keep=2, use_gpu=True)
