@@ -68,10 +68,13 @@ DRIVER_MEMORY = 64 * 1024**2  # a trial that drives Ray Train workers: no CPU, a
 # hand a CPU step's large tensors back to the kernel and fault them in again (a fifth of its time).
 # Train's controller polls its workers every 0.5 s, not 2 s: it sees a trial's end, and passes each
 # epoch's report on to Tune, up to 1.5 s sooner.
+# Workers at nice 0, as any script's: at Ray's default of 15, each wake-up of Ray's own processes
+# (dashboard, agents, monitors: nice 0) stalls a CPU trial's torch threads.
 LOCAL_RAY_ENV: dict[str, str] = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "MALLOC_ARENA_MAX": "1",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_worker_niceness": "0",
 }
 # Tune warns when it saves the experiment's state more than once in 5 s, which it does at each
 # checkpoint (see `new_tuner`) of trials with short epochs. A save that is slow still warns.

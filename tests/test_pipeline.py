@@ -13,7 +13,7 @@ from orchestrator.data.pipeline import (
     shared_rows,
     train_class_counts,
 )
-from trainables.transforms import Preprocess
+from trainables.transforms import Preprocess, for_epoch
 
 
 def test_oversample_factors_bring_classes_level():
@@ -95,6 +95,23 @@ def test_seeded_pipeline_repeats_across_runs_and_varies_across_epochs(ray_local,
     two = _epochs(build_datasets(small_prepared, 1, 32, "standard", "none", seed=7)["train"], 2)
     assert all(np.array_equal(a, b) for a, b in zip(one, two, strict=True))  # same seed, same run
     assert not np.array_equal(one[0], one[1])  # a new draw every epoch
+
+
+def test_a_copy_for_an_epoch_draws_that_epochs_images_while_another_epoch_runs(
+    ray_local, small_prepared, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "ROWS_PER_BLOCK", 8)  # several blocks, each with its own draw
+
+    def train():
+        return build_datasets(small_prepared, 1, 32, "standard", "oversample", seed=7)["train"]
+
+    in_turn = _epochs(train(), 3)
+    dataset = train()
+    first = iter(for_epoch(dataset, 0).iter_batches(batch_size=8))
+    head = next(first)  # epoch 0's execution has started
+    assert np.array_equal(_epochs(for_epoch(dataset, 2), 1)[0], in_turn[2])
+    assert np.array_equal(np.concatenate([head["image"], *(b["image"] for b in first)]), in_turn[0])
+    assert np.array_equal(_epochs(for_epoch(dataset, 1), 1)[0], in_turn[1])  # the original is untouched
 
 
 def test_rows_held_in_memory_give_the_same_epochs_as_the_files(ray_local, small_prepared, monkeypatch):

@@ -51,3 +51,13 @@ def test_torch_threads_default_to_the_workers_cpus_and_their_share_of_ray_datas(
     assert spec(cpus_per_worker=0.5, workers_per_trial=4).resources.torch_threads == 1
     assert spec(cpus_per_worker=4, workers_per_trial=2).resources.torch_threads == 4
     assert spec(cpus_per_worker=1, threads_per_worker=2).resources.torch_threads == 2
+
+
+def test_workers_of_the_local_instance_run_at_the_drivers_priority(ray_local):
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        import os
+
+        return os.getpriority(os.PRIO_PROCESS, 0)
+
+    assert ray.get(niceness.remote()) == 0  # Ray's default is 15

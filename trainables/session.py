@@ -5,16 +5,19 @@ datasets, where reports and checkpoints go, and the checkpoint a restart resumes
   DDP; Ray Train restarts a failed worker group from its last registered checkpoint.
 - `TrialSession`: in the Tune trial's own process (`train_in_trial`), for a trial of one worker.
   There is no Train controller, worker group or dataset split to start: a trial reaches its first
-  step seconds sooner. Checkpoints go to the same folder, kept by the same rule. Each report hands
-  Tune a checkpoint of its own that only names the epoch's (`reported.json`): a restart (Tune's
-  `FailureConfig`, or a resumed sweep) goes on from it, and Tune keeps the trial's results from
-  before the restart.
+  step seconds sooner, and each epoch's batches are made ahead (`prefetch.py`): the next epoch's
+  while this one trains, the first while the model is built. Checkpoints go to the same folder,
+  kept by the same rule. Each report hands Tune a checkpoint of its own that only names the epoch's
+  (`reported.json`): a restart (Tune's `FailureConfig`, or a resumed sweep) goes on from it, and
+  Tune keeps the trial's results from before the restart.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,8 +30,9 @@ from torch import nn
 
 from trainables.checkpoint import META_FILE, complete_checkpoints, rank
 from trainables.errors import UserError
+from trainables.prefetch import EpochsAhead
 from trainables.storage import Storage
-from trainables.transforms import own_epochs
+from trainables.transforms import for_epoch
 
 REPORTED_FILE = "reported.json"  # in the Tune checkpoint of a report: the checkpoint it came with
 
@@ -44,6 +48,12 @@ class Session(Protocol):
 
     def dataset(self, name: str) -> Any:
         """The worker's part of dataset `name` ("train" or "val"): it has `iter_torch_batches`."""
+
+    def epochs(
+        self, name: str, epochs: Iterable[int], iter_args: Callable[[int], dict]
+    ) -> AbstractContextManager[Iterable[tuple[int, Iterable]]]:
+        """(epoch, its batches of dataset `name`) for each of `epochs`, the batches made with
+        `iter_torch_batches(**iter_args(epoch))`."""
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         """Report one epoch; rank 0 passes the epoch's checkpoint folder, which it may remove after."""
@@ -69,6 +79,15 @@ class TrainSession:
 
     def dataset(self, name: str) -> Any:
         return ray.train.get_dataset_shard(name)
+
+    @contextmanager
+    def epochs(
+        self, name: str, epochs: Iterable[int], iter_args: Callable[[int], dict]
+    ) -> Iterator[Iterable[tuple[int, Iterable]]]:
+        # one pass at a time: the workers' shards of an epoch are split by one coordinator, and
+        # its executions count the epochs (`transforms.current_epoch`)
+        shard = self.dataset(name)
+        yield ((epoch, shard.iter_torch_batches(**iter_args(epoch))) for epoch in epochs)
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         ray.train.report(
@@ -97,7 +116,7 @@ class TrialSession:
         use_gpu: bool,
     ) -> None:
         self.name, self.storage = name, Storage(checkpoints)
-        self.datasets = {key: own_epochs(dataset) for key, dataset in datasets.items()}
+        self.datasets = {key: for_epoch(dataset, 0) for key, dataset in datasets.items()}
         self.metric, self.mode, self.keep = metric, mode, keep
         if use_gpu and not torch.cuda.is_available():
             raise UserError(
@@ -114,6 +133,15 @@ class TrialSession:
 
     def dataset(self, name: str) -> Any:
         return self.datasets[name]
+
+    def epochs(self, name: str, epochs: Iterable[int], iter_args: Callable[[int], dict]) -> EpochsAhead:
+        """Each epoch's batches made ahead, from a copy of the dataset set to that epoch."""
+        dataset = self.datasets[name]
+
+        def batches(epoch: int) -> Iterable:
+            return for_epoch(dataset, epoch).iter_torch_batches(**iter_args(epoch))
+
+        return EpochsAhead(batches, epochs)
 
     def report(self, metrics: dict, checkpoint: Path | None) -> None:
         if checkpoint is None:

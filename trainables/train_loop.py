@@ -136,42 +136,49 @@ def train_loop(train_loop_config: dict[str, Any], session: Session) -> None:
     rank = session.rank
     torch.manual_seed(config.seed + rank)
     np.random.seed(config.seed + rank)
-
-    trainer = Trainer(config, session)
-    start_epoch, unreported = _resume(trainer, session)
-    trainer.resumed_after_epoch = start_epoch
-    if unreported is not None:  # its process died before the report was taken: report it now
-        _report(unreported, trainer, session)
+    start_epoch, checkpoint, unreported = _resume_point(config, session)
+    device = session.device()
     dtypes = {"image": torch.uint8, "label": torch.int64}
-    train_shard = session.dataset("train")
-    val_shard = session.dataset("val")
-    batch_size, device = config.batch_size, trainer.device
 
-    for epoch in range(start_epoch, config.epochs):
-        train_batches = train_shard.iter_torch_batches(
-            batch_size=batch_size,
-            dtypes=dtypes,
-            device=device,
-            local_shuffle_buffer_size=SHUFFLE_BUFFER,
-            local_shuffle_seed=config.seed * 1000 + epoch * 10 + rank,
-        )
-        try:
-            train_loss, images_per_s = trainer.epoch(epoch, train_batches, session.name)
-        except NonFiniteLossError as err:
-            # a restart would diverge again: end this trial with the reason, let the sweep go on
-            failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report
-            failure.update(epoch=epoch + 1, failure=f"epoch {epoch + 1}: {err}")
-            session.report(failure, None)
-            return
-        val_batches = val_shard.iter_torch_batches(batch_size=batch_size, dtypes=dtypes, device=device)
-        labels, scores = predict(trainer.model, val_batches, trainer.normalize, trainer.dtype)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_images_per_s": images_per_s,
-            **validation_metrics(labels, scores),
+    def train_args(epoch: int) -> dict[str, Any]:
+        return {
+            "batch_size": config.batch_size,
+            "dtypes": dtypes,
+            "device": device,
+            "local_shuffle_buffer_size": SHUFFLE_BUFFER,
+            "local_shuffle_seed": config.seed * 1000 + epoch * 10 + rank,
         }
-        _report(metrics, trainer, session)
+
+    # entered before the model is built: where the session makes batches ahead, the first are made
+    # meanwhile
+    with session.epochs("train", range(start_epoch, config.epochs), train_args) as epochs:
+        trainer = Trainer(config, session)
+        trainer.resumed_after_epoch = start_epoch
+        if checkpoint is not None:
+            metrics = _load(trainer, checkpoint)
+            if unreported:  # its process died before the report was taken: report it now
+                _report(metrics, trainer, session)
+        val_shard = session.dataset("val")
+        for epoch, train_batches in epochs:
+            try:
+                train_loss, images_per_s = trainer.epoch(epoch, train_batches, session.name)
+            except NonFiniteLossError as err:
+                # a restart would diverge again: end this trial with the reason, let the sweep go on
+                failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report
+                failure.update(epoch=epoch + 1, failure=f"epoch {epoch + 1}: {err}")
+                session.report(failure, None)
+                return
+            val_batches = val_shard.iter_torch_batches(
+                batch_size=config.batch_size, dtypes=dtypes, device=device
+            )
+            labels, scores = predict(trainer.model, val_batches, trainer.normalize, trainer.dtype)
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_images_per_s": images_per_s,
+                **validation_metrics(labels, scores),
+            }
+            _report(metrics, trainer, session)
 
 
 def _report(metrics: dict, trainer: Trainer, session: Session) -> None:
@@ -205,26 +212,27 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _resume(trainer: Trainer, session: Session) -> tuple[int, dict | None]:
-    """Load the latest checkpoint after a restart; return the epoch to start from, and the metrics
-    of the checkpoint when they were never reported. The session hands back the last checkpoint a
+def _resume_point(config: TrialConfig, session: Session) -> tuple[int, ray.train.Checkpoint | None, bool]:
+    """After a restart: (the epoch to start from, the checkpoint to load, whether its metrics were
+    never reported); (0, None, False) for a fresh start. The session hands back the last checkpoint a
     report delivered; one that reached the storage but was not delivered (the process or its node
-    died in between) is newer, and is taken when it is complete."""
+    died in between) is newer, and is taken when it is complete. Reads meta.json files only."""
     checkpoint = session.registered()
-    registered = _epoch_of(checkpoint) if checkpoint is not None else 0
-    checkpoints = trainer.config.checkpoints
-    stored = newest_complete(checkpoints) if checkpoints else None
-    unregistered = stored is not None and stored[0] > registered
-    if unregistered:
-        checkpoint = ray.train.Checkpoint(stored[1])
-    if checkpoint is None:
-        return 0, None
+    epoch = _epoch_of(checkpoint) if checkpoint is not None else 0
+    stored = newest_complete(config.checkpoints) if config.checkpoints else None
+    if stored is not None and stored[0] > epoch:
+        return stored[0], ray.train.Checkpoint(stored[1]), True
+    return epoch, checkpoint, False
+
+
+def _load(trainer: Trainer, checkpoint: ray.train.Checkpoint) -> dict:
+    """Load a checkpoint's model and optimizer state; return its metrics."""
     with checkpoint.as_directory() as folder:
         _unwrap(trainer.model).load_state_dict(read_weights(Path(folder)))
         trainer.load_state(torch.load(Path(folder) / STATE_FILE, weights_only=True))
         metrics = read_meta(Path(folder)).metrics
     log.info("resumed from checkpoint after epoch %d", metrics["epoch"])
-    return int(metrics["epoch"]), (metrics if unregistered else None)
+    return metrics
 
 
 def _epoch_of(checkpoint: ray.train.Checkpoint) -> int:

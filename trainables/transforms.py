@@ -118,13 +118,15 @@ def restart_epochs(dataset) -> None:
     dataset.context._execution_idx = 0
 
 
-def own_epochs(dataset):
-    """A copy of `dataset` that counts its executions from 0, on its own. Datasets derived from one
-    share its context, and so its counter: a process that iterates both a trial's `train` and `val`
-    (a trial that trains in its own process) would otherwise advance each one's epoch with the
-    other's passes, and draw other augmentations than a Ray Train worker, whose `train` runs alone."""
+def for_epoch(dataset, epoch: int):
+    """A copy of `dataset` whose next execution is epoch `epoch`, counted on its own. Datasets
+    derived from one share its context, and so its counter: a process that iterates both a trial's
+    `train` and `val` (a trial that trains in its own process) would otherwise advance each one's
+    epoch with the other's passes, and draw other augmentations than a Ray Train worker, whose
+    `train` runs alone. A copy per epoch also draws the right epoch's augmentations after a restart,
+    and while the previous epoch's execution is still running (`prefetch.py`)."""
     copy = type(dataset).copy(dataset, _deep_copy=True)
-    restart_epochs(copy)
+    copy.context._execution_idx = epoch
     return copy
 
 
