@@ -16,6 +16,9 @@ from typing import Any
 
 _END = object()  # a producer made all of its epoch's batches
 _POLL_S = 0.1  # how often a producer blocked on a full queue checks whether it was stopped
+# how long a stop waits for a producer that waits on Ray Data (it ends at its next batch; a daemon
+# thread, it never holds the process up)
+_STOP_WAIT_S = 10.0
 
 
 class _Failed:
@@ -71,7 +74,7 @@ class _Producer:
 
     def stop(self) -> None:
         self._stopped.set()
-        self._thread.join()
+        self._thread.join(timeout=_STOP_WAIT_S)
 
 
 class EpochsAhead:
