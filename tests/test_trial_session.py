@@ -61,7 +61,7 @@ def test_a_pointer_to_a_removed_checkpoint_resumes_from_the_newest(tmp_path, mon
     local_checkpoint(storage / "checkpoint_000003", 3, 0.7)
     assert trial.registered().path == str(storage / "checkpoint_000003")
     (pointer / REPORTED_FILE).write_text(json.dumps({"checkpoint": "checkpoint_000001"}))  # removed since
-    assert trial.registered() is None  # the loop then takes the newest complete one (train_loop._resume)
+    assert trial.registered() is None  # the loop takes the newest complete one (train_loop._resume_point)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="torch sees a GPU here")

@@ -9,16 +9,21 @@ trains on the last batches and validates. The first epoch's start while the mode
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 _END = object()  # a producer made all of its epoch's batches
 _POLL_S = 0.1  # how often a producer blocked on a full queue checks whether it was stopped
-# how long a stop waits for a producer that waits on Ray Data (it ends at its next batch; a daemon
-# thread, it never holds the process up)
-_STOP_WAIT_S = 10.0
+# How long a stop waits for a producer to end. One that waits on Ray Data for a batch (a shuffle
+# buffer filling, files being opened) ends when the batch comes, and closes Ray's iterator then: a
+# daemon thread, it does not hold up a trial stopped by its scheduler, which Tune must end within
+# seconds to hand the process to the next trial.
+_STOP_WAIT_S = 0.5
 
 
 class _Failed:
@@ -50,7 +55,10 @@ class _Producer:
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:  # a generator: ends Ray Data's execution when stopped early
-                close()
+                try:
+                    close()
+                except Exception as err:  # the batches were made: training goes on
+                    log.warning("closing an epoch's batch iterator failed: %s", err)
         if finished:
             self._done()
 
@@ -74,6 +82,11 @@ class _Producer:
 
     def stop(self) -> None:
         self._stopped.set()
+        while True:  # the batches it made are let go (on a GPU, their memory)
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
         self._thread.join(timeout=_STOP_WAIT_S)
 
 
