@@ -29,7 +29,7 @@ import ray
 
 from orchestrator.config import PROJECT_ROOT, parse_spec
 from orchestrator.data.prepare import prepare
-from orchestrator.sweep import LOCAL_RAY_ENV, concurrent_trials, run_sweep
+from orchestrator.driver import LOCAL_RAY_ENV, concurrent_trials, run_sweep
 
 KAGGLE = PROJECT_ROOT.parent / "shared" / "data" / "kaggle-isic-224" / "train"
 CONFIG_COLUMNS = ["backbone", "lr", "optimizer", "batch_size"]

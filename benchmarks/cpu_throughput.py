@@ -35,7 +35,7 @@ from gpu_throughput import TrainStep, project_path, replicated_sample
 
 from orchestrator.config import ResourcesSpec
 from orchestrator.data.dataset_format import SHARDS
-from orchestrator.sweep import LOCAL_RAY_ENV
+from orchestrator.driver import LOCAL_RAY_ENV
 from trainables.transforms import batch_seed, decode_jpeg, train_transform
 
 VAL_FOLD = 0  # the sweep's default validation fold

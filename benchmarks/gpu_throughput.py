@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from orchestrator.config import PROJECT_ROOT, parse_spec
 from orchestrator.data.dataset_format import MANIFEST, SHARDS
 from orchestrator.data.prepare import prepare
-from orchestrator.sweep import run_sweep
+from orchestrator.driver import run_sweep
 from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups
 from trainables.optimizers import build_optimizer

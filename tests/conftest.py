@@ -39,10 +39,10 @@ def small_prepared(tmp_path_factory, small_source) -> Path:
 
 
 def start_local_ray() -> None:
-    """The suite's own Ray instance, set up as a sweep sets up its own (`sweep.LOCAL_RAY_ENV`)."""
+    """The suite's own Ray instance, set up as a sweep sets up its own (`driver.LOCAL_RAY_ENV`)."""
     import ray
 
-    from orchestrator.sweep import LOCAL_RAY_ENV
+    from orchestrator.driver import LOCAL_RAY_ENV
 
     for name, value in LOCAL_RAY_ENV.items():  # Ray's processes inherit them
         os.environ.setdefault(name, value)

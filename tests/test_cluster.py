@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.driver import run_sweep
 from tests.helpers import tiny_spec
 
 pytestmark = pytest.mark.slow

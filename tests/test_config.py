@@ -79,7 +79,7 @@ def test_source_and_prepared_are_exclusive():
 
 
 def test_weights_mapping_may_not_name_unknown_backbones():
-    from orchestrator.sweep import preflight
+    from orchestrator.preflight import preflight
 
     spec = parse_spec(spec_with(train={"epochs": 1, "weights": {"resnet19": "none", "default": "none"}}))
     with pytest.raises(UserError, match="unknown backbone 'resnet19'"):

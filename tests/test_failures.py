@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.driver import run_sweep
 from orchestrator.tuning.trial import KEPT_CHECKPOINTS
 from tests.helpers import TRAIN_WORKER, own_actors, tiny_spec
 from trainables.checkpoint import complete_checkpoints, newest_complete

@@ -9,10 +9,11 @@ import time
 import pytest
 
 from orchestrator.config import parse_spec
+from orchestrator.driver import run_sweep
 from orchestrator.errors import UserError
 from orchestrator.heartbeat import HEARTBEAT, beating, check_not_live
+from orchestrator.run_record import new_run_name, unfinished_run
 from orchestrator.storage import Storage
-from orchestrator.sweep import new_run_name, run_sweep, unfinished_run
 from tests.helpers import spec_dict
 
 

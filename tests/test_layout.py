@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import trainables
+from tests.helpers import spec_dict, write_yaml
 
 BLOCK_ORCHESTRATOR = """
 import importlib, sys
@@ -80,3 +81,25 @@ def test_a_trials_actor_imports_neither_timm_nor_the_train_loop():
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_the_command_line_reads_the_spec_before_importing_ray_torch_or_timm(tmp_path):
+    """A typo in the spec is reported in about a second, not after ten seconds of imports."""
+    spec = write_yaml(tmp_path / "typo.yaml", spec_dict(schedule={"type": "asha"}))
+    check = (
+        "import sys\n"
+        "from orchestrator.errors import UserError\n"
+        "from orchestrator.sweep import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except UserError as err:\n"
+        "    print(err)\n"
+        "print(sorted(name for name in ('ray', 'torch', 'timm', 'sklearn') if name in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(spec)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    error, imported = done.stdout.strip().splitlines()[-2:]
+    assert "unknown key 'schedule'" in error
+    assert imported == "[]"

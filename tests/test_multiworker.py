@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from orchestrator.config import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.driver import run_sweep
 from tests.helpers import own_train_workers, tiny_spec
 
 pytestmark = pytest.mark.slow

@@ -165,7 +165,7 @@ def test_prepare_cli_writes_a_dataset(tmp_path, small_source):
 
 def test_sweep_rejects_a_prepared_dataset_with_other_folds(small_prepared):
     from orchestrator.config import parse_spec
-    from orchestrator.sweep import prepared_dataset
+    from orchestrator.driver import prepared_dataset
 
     spec = parse_spec(
         {

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.config import parse_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.driver import run_sweep
 from tests.helpers import tiny_spec
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ import pytest
 import ray
 
 from orchestrator.config import parse_spec
+from orchestrator.driver import check_gpus, concurrent_trials
 from orchestrator.errors import UserError
-from orchestrator.sweep import check_gpus, concurrent_trials
 from tests.helpers import spec_dict
 
 

@@ -187,7 +187,7 @@ def test_every_layout_has_a_dataset_card():
 def test_a_spec_can_relabel_an_isic_source(tmp_path):
     from orchestrator.config import parse_spec
     from orchestrator.data.dataset_format import read_manifest
-    from orchestrator.sweep import prepared_dataset
+    from orchestrator.driver import prepared_dataset
 
     rows = [["image_id", "melanoma", "seborrheic_keratosis"]]
     rows += [[i, "1.0" if n >= 6 else "0.0", "1.0" if n in (0, 1) else "0.0"] for n, i in enumerate(IDS)]

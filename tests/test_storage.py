@@ -143,7 +143,7 @@ def test_newest_complete_checkpoint_skips_one_cut_short(tmp_path):
 
 
 def test_prepared_dataset_from_s3_is_downloaded_once(s3_server, monkeypatch, tmp_path, small_prepared):
-    from orchestrator.sweep import local_prepared
+    from orchestrator.driver import local_prepared
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
@@ -189,7 +189,7 @@ def test_a_download_cut_short_is_not_taken_for_a_copy(s3_server, monkeypatch, tm
 def test_two_datasets_of_one_folder_name_never_share_shards(s3_server, monkeypatch, tmp_path, small_source):
     from orchestrator.data.dataset_format import read_manifest
     from orchestrator.data.prepare import prepare
-    from orchestrator.sweep import shared_prepared
+    from orchestrator.driver import shared_prepared
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)

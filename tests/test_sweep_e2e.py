@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from orchestrator.config import parse_spec
+from orchestrator.driver import run_sweep
 from orchestrator.evaluation.evaluate import evaluate_fold
 from orchestrator.heartbeat import HEARTBEAT
-from orchestrator.sweep import run_sweep
 from tests.helpers import copy_subset
 
 pytestmark = pytest.mark.slow

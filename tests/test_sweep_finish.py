@@ -9,9 +9,10 @@ import torch
 
 from orchestrator.config import parse_spec
 from orchestrator.data.dataset_format import read_manifest
+from orchestrator.driver import finish, summarise
 from orchestrator.errors import UserError
+from orchestrator.preflight import preflight
 from orchestrator.storage import Storage, StorageError
-from orchestrator.sweep import finish, preflight, summarise
 from tests.helpers import checkpoint_meta, free_port, spec_dict
 from trainables.backbones import create_backbone
 from trainables.checkpoint import save_checkpoint

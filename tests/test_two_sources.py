@@ -198,7 +198,7 @@ def test_held_out_sources_must_exist_and_exclude_a_test_fold():
 
 @pytest.fixture(scope="module")
 def study(ray_local, tmp_path_factory, two_sources):
-    from orchestrator.sweep import run_sweep
+    from orchestrator.driver import run_sweep
 
     kaggle, isic = two_sources
     root = tmp_path_factory.mktemp("study")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the spec's validation reads OPTIMIZERS without importing torch
+    import torch
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
@@ -12,6 +14,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 def build_optimizer(
     name: str, params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
 ) -> torch.optim.Optimizer:
+    import torch
+
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

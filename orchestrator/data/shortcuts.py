@@ -32,10 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import PredefinedSplit, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from orchestrator.data.dataset_format import SHARDS, read_manifest
 from orchestrator.errors import UserError, command
@@ -168,6 +164,12 @@ def _features(pixels: np.ndarray, model: torch.nn.Module, normalize: Normalize) 
 
 def out_of_fold_scores(x: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """P(malignant) of every image from a logistic regression fitted on the other folds."""
+    # imported here: a sweep imports this module, and audits only when asked to
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import PredefinedSplit, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
     return cross_val_predict(classifier, x, labels, cv=PredefinedSplit(folds), method="predict_proba")[:, 1]
 
@@ -201,7 +203,7 @@ def audit(
         raise UserError(f"{prepared}: the shortcut audit needs both classes")
     inputs = {**found.features, "trivial": found.trivial}
     if len(set(found.sources.tolist())) > 1:
-        inputs["source"] = OneHotEncoder().fit_transform(found.sources.reshape(-1, 1)).toarray()
+        inputs["source"] = (found.sources[:, None] == np.unique(found.sources)).astype(float)  # one-hot
     rows = {}
     for view, x in inputs.items():
         scores = out_of_fold_scores(x, found.labels, found.folds)

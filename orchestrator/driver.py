@@ -1,0 +1,474 @@
+"""The sweep's driver: prepares the data, starts or joins Ray, runs the spec's grid as Ray Tune
+trials with ASHA early stopping, and publishes the leaderboard, its tests and the report.
+`orchestrator.sweep` is its command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+
+from orchestrator.config import DATA_CPUS_PER_TRIAL, ResourcesSpec, SourceSpec, Spec, split_of
+from orchestrator.data import shortcuts
+from orchestrator.data.dataset_format import (
+    MANIFEST,
+    SHARDS,
+    Manifest,
+    parse_manifest,
+    read_manifest,
+    source_names,
+)
+from orchestrator.data.pipeline import shared_rows
+from orchestrator.data.prepare import prepare_once
+from orchestrator.data.sources import read_sources
+from orchestrator.errors import UserError
+from orchestrator.heartbeat import beating, check_not_live
+from orchestrator.preflight import preflight
+from orchestrator.run_record import LEADERBOARD, RUN_RECORD, new_run_name, read_run_record
+from orchestrator.storage import (
+    Storage,
+    StorageError,
+    download_whole,
+    is_remote,
+    local_copy,
+    reason,
+    staging_dir,
+)
+from orchestrator.tuning import leaderboard
+from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials, failure
+from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
+from trainables.backbones import input_config
+
+log = logging.getLogger(__name__)
+
+DRIVER_MEMORY = 64 * 1024**2  # a trial that drives Ray Train workers: no CPU, a token of memory
+# A local instance is never drained: no preemption watcher (one more actor process per trial).
+# One malloc arena per process: Tune and Ray Train run the loop in a thread, and glibc's per-thread arenas
+# hand a CPU step's large tensors back to the kernel and fault them in again (a fifth of its time).
+# Train's controller polls its workers every 0.5 s, not 2 s: it sees a trial's end, and passes each
+# epoch's report on to Tune, up to 1.5 s sooner.
+# Workers at nice 0, as any script's: at Ray's default of 15, each wake-up of Ray's own processes
+# (dashboard, agents, monitors: nice 0) stalls a CPU trial's torch threads.
+LOCAL_RAY_ENV: dict[str, str] = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "MALLOC_ARENA_MAX": "1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_worker_niceness": "0",
+}
+# Tune warns when it saves the experiment's state more than once in 5 s, which it does at each
+# checkpoint (see `new_tuner`) of trials with short epochs. A save that is slow still warns.
+TUNE_DRIVER_ENV: dict[str, str] = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+PREPARED_COPIES = "prepared"
+SHORTCUTS = "shortcuts"  # the shortcut audit's files in the run folder
+AUDIT_FILE = shortcuts.AUDIT_FILE  # beside the runs in remote storage, where every node can read them
+
+
+class LastEpochASHA(ASHAScheduler):
+    """ASHA that never stops a trial at its last epoch: such a trial ends by itself. On Ray Train
+    workers (`train_in: ray_train`) its Train controller then releases its placement group (a trial
+    actor killed by Tune can leave it reserved, and the next trial's Ray Data waits for a CPU
+    forever); a trial that trains in its own process has no such group."""
+
+    def __init__(self, epochs: int, **kwargs: Any) -> None:
+        super().__init__(max_t=epochs + 1, **kwargs)
+        self.epochs = epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if result.get(self._time_attr, 0) >= self.epochs:
+            return TrialScheduler.CONTINUE  # the loop returns after its last epoch
+        return decision
+
+
+def prepared_dataset(spec: Spec) -> Path:
+    """The prepared dataset, as a local folder: the spec's own (a copy in the cache if it is remote),
+    or `source` prepared once into the cache."""
+    data = spec.data
+    if data.prepared is not None:
+        local = local_prepared(data.prepared, data.cache)
+        manifest = read_manifest(local)
+        if manifest.folds != data.folds:
+            raise UserError(
+                f"{data.prepared} was prepared with {manifest.folds} folds, the spec asks for "
+                f"{data.folds}; set data.folds: {manifest.folds} or prepare again"
+            )
+        return local
+    size = max(trial_image_size(spec, input_config(backbone)) for backbone in spec.backbones())
+    name = "+".join(source.name for source in data.sources)
+    out = data.cache / f"{name}-{size}px-{data.folds}f-s{data.seed}-{_fingerprint(spec)}"
+    return prepare_once(data.sources, out, size, data.folds, data.seed)
+
+
+def with_dataset(spec: Spec, prepared: Path) -> Spec:
+    """The spec with its held-out sources checked against the dataset's and its raw test sets
+    prepared (de-duplicated against the training data, at its image size)."""
+    manifest = read_manifest(prepared)
+    data = spec.data.with_sources(source_names(manifest))
+    tests = [test_dataset(test, prepared, manifest, spec.data.cache) for test in spec.evaluation.test]
+    evaluation = spec.evaluation.model_copy(update={"test": tests})
+    return spec.model_copy(update={"data": data, "evaluation": evaluation})
+
+
+def test_dataset(test: str | SourceSpec, prepared: Path, manifest: Manifest, cache: Path) -> str:
+    """A test set as PREPARED[@FOLD]: a source entry is prepared once, `--against` the training data."""
+    if not isinstance(test, SourceSpec):
+        return test
+    source = test.source()
+    layout, _, images, _ = read_sources([source])[0][1]
+    listing = f"{prepared.resolve()}:{layout}:{source.describe()}:" + ",".join(
+        f"{image.image_id}:{image.label}" for image in images
+    )
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:10]
+    out = cache / f"{test.name}-{manifest.image_size}px-against-{prepared.name}-{digest}"
+    return str(prepare_once([source], out, manifest.image_size, manifest.folds, against=prepared))
+
+
+def local_prepared(location: str, cache: Path) -> Path:
+    """A prepared dataset's folder: `location` itself, or for a URI a copy in `cache/remote/`
+    named by its manifest's content, so that a changed remote dataset is downloaded beside the copy
+    another sweep may still be reading, never over it."""
+    if not is_remote(location):
+        return Path(location)
+    remote = Storage(location)
+    if not remote.exists(MANIFEST):
+        raise UserError(f"{location} is not a prepared dataset (no {MANIFEST})")
+    digest = hashlib.sha256(remote.read_text(MANIFEST).encode()).hexdigest()[:10]
+    copy = cache / "remote" / f"{location.split('://', 1)[1]}-{digest}"
+    if not (copy / MANIFEST).is_file():
+        log.info("downloading the prepared dataset %s to %s", location, copy)
+        download_whole(remote, "", copy)
+    return copy
+
+
+def _fingerprint(spec: Spec) -> str:
+    """Changes when any image is added, removed, renamed, relabelled or rewritten, or a source is
+    renamed, added or reordered."""
+    data = spec.data
+    listing = ""
+    for source, (layout, _, images, _) in read_sources(data.sources):
+        described = source.describe() if len(data.sources) > 1 else sorted(source.malignant or [])
+        listing += f"{layout}:{described}\n" + "".join(
+            f"{image.image_id}:{image.label}:{image.path.stat().st_size}\n" for image in images
+        )
+    return hashlib.sha256(listing.encode()).hexdigest()[:10]
+
+
+def check_gpus(spec: Spec, local: bool) -> None:
+    """A local Ray instance without GPUs would leave GPU trials pending forever: say so instead."""
+    if spec.resources.gpus_per_worker and not ray.cluster_resources().get("GPU"):
+        message = (
+            "the spec asks for GPUs (resources.gpus_per_worker) but the Ray cluster has none; "
+            "to train on CPU: --set resources.gpus_per_worker=0"
+            + ("; to use a cluster started with `ray start` on this machine: --address auto" if local else "")
+        )
+        if local:
+            raise UserError(message)
+        log.warning("%s (waiting for an autoscaler to add GPU nodes)", message)
+
+
+def concurrent_trials(spec: Spec) -> int:
+    """How many trials fit the cluster at once, each with its workers plus room for Ray Data."""
+    if spec.resources.max_concurrent_trials:
+        return spec.resources.max_concurrent_trials
+    res, cluster = spec.resources, ray.cluster_resources()
+    fits = int(cluster.get("CPU", 1) // (res.workers_per_trial * res.cpus_per_worker + DATA_CPUS_PER_TRIAL))
+    if res.gpus_per_worker:
+        fits = min(fits, int(cluster.get("GPU", 0) // (res.workers_per_trial * res.gpus_per_worker)))
+    return max(1, fits)
+
+
+def param_space(spec: Spec) -> dict[str, Any]:
+    """Every searchable key as a grid axis, fixed ones with a single value, so that TensorBoard's
+    HParams table shows the whole configuration of each trial. With held-out sources the validation
+    split is one axis (`validation`: folds and sources), and val_fold / val_source follow from it."""
+    space: dict[str, Any] = {key: tune.grid_search(values) for key, values in spec.searched().items()}
+    if "validation" in space:
+        space["val_fold"] = tune.sample_from(_split_value("val_fold"))
+        space["val_source"] = tune.sample_from(_split_value("val_source"))
+    return space
+
+
+def _split_value(key: str):
+    return lambda resolved: split_of({"validation": resolved.config["validation"]})[key]
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def scheduler_for(spec: Spec) -> TrialScheduler:
+    sched = spec.scheduler
+    if sched.type == "fifo":
+        return FIFOScheduler()
+    return LastEpochASHA(
+        spec.train.epochs,
+        time_attr="epoch",  # the loop's own count: it goes on across restarts and resumed runs
+        grace_period=min(sched.grace_period, spec.train.epochs),
+        reduction_factor=sched.reduction_factor,
+    )
+
+
+def shared_prepared(storage: Storage, prepared: Path) -> str:
+    """Where every node can read the prepared dataset: the folder itself with local storage, else a
+    copy beside the runs, uploaded once (the manifest last, so a copy with one is complete) under a
+    name of its content: two datasets of one folder name never share a `shards/` folder."""
+    if not storage.remote:
+        return str(prepared)
+    manifest = (prepared / MANIFEST).read_text()
+    digest = hashlib.sha256(manifest.encode()).hexdigest()[:10]
+    copy = storage.child(PREPARED_COPIES).child(f"{prepared.name}-{digest}")
+    if copy.exists(MANIFEST) and copy.read_text(MANIFEST) == manifest:
+        return copy.uri
+    log.info("copying the prepared dataset %s to %s", prepared, copy.uri)
+    copy.upload(prepared / SHARDS, SHARDS)
+    copy.write_atomic(MANIFEST, manifest.encode())
+    return copy.uri
+
+
+def warn_if_storage_is_node_local(storage: Storage) -> None:
+    if not storage.remote and sum(node["Alive"] for node in ray.nodes()) > 1:
+        log.warning(
+            "storage %s is a local folder but the cluster has several nodes: every node must see it "
+            "at the same path (NFS); otherwise use --storage s3://... or gs://...",
+            storage.uri,
+        )
+
+
+def run_sweep(
+    spec: Spec, address: str | None = None, resume: str | None = None, checked: bool = False
+) -> tuple[Path, Any]:
+    """Run the spec's grid, or finish the unfinished trials of run `resume` (a run folder's name in
+    the spec's storage); return the local folder holding the run's leaderboard, and its frame.
+    `checked`: the caller ran `preflight` already (the command line does, before importing Ray)."""
+    storage = Storage(spec.storage)
+    if not checked:
+        preflight(spec, tests=not resume)
+    if storage.remote:  # fail in seconds, not after preparing the data
+        storage.check_writable()
+    if resume:
+        run_name = resume
+        check_not_live(storage.child(run_name))
+        record = read_run_record(storage.child(run_name))
+        prepared = Path(record["prepared"])
+        shared = record["shared_prepared"]
+    else:
+        prepared = prepared_dataset(spec)
+        spec = with_dataset(spec, prepared)
+        run_name = new_run_name(spec.name)
+        given = spec.data.prepared
+        shared = given if given and is_remote(given) else shared_prepared(storage, prepared)
+        record = {"spec": spec.model_dump(mode="json"), "prepared": str(prepared), "shared_prepared": shared}
+        record["ray"] = ray.__version__
+    run = storage.child(run_name)
+    if not storage.remote:
+        storage.check_writable()
+    if not resume:  # written first: it is what --resume reads
+        run.write_atomic(RUN_RECORD, json.dumps(record, indent=2).encode())
+    local_dir = staging_dir(run_name) if run.remote else Path(run.uri)
+    manifest = parse_manifest(Storage(shared).read_text(MANIFEST), shared)
+    if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
+        warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
+    joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
+    if not ray.is_initialized():
+        # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
+        if not joined:
+            for name, value in LOCAL_RAY_ENV.items():  # its processes inherit the driver's environment
+                os.environ.setdefault(name, value)
+        ray.init(address=address if joined else "local", configure_logging=False)
+    check_gpus(spec, local=not joined)
+    warn_if_storage_is_node_local(storage)
+    for name, value in TUNE_DRIVER_ENV.items():
+        os.environ.setdefault(name, value)
+    try:
+        with beating(run):  # a second driver on this run refuses to start
+            trainable = trial_runner(spec, shared, manifest, run)
+            if resume:
+                tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
+                log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
+            else:
+                tuner = new_tuner(spec, trainable, run_name)
+                log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
+            results = tuner.fit()
+            frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
+            frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
+    except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
+        why = err if isinstance(err, StorageError) else f"the storage failed: {reason(err)}"
+        kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
+        raise StorageError(
+            f"{why}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
+            f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
+        ) from None
+    return local_dir, frame
+
+
+def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> Any:
+    """What Tune runs for each trial: `run_trial` with the sweep's arguments and the rows it reads
+    (held in Ray's object store when they fit: `pipeline.shared_rows`)."""
+    shard_bytes = sum(Storage(shared).sizes(SHARDS).values())
+    rows = shared_rows(shared, with_source=bool(spec.data.val_sources), shard_bytes=shard_bytes)
+    inputs = {backbone: input_config(backbone) for backbone in spec.backbones()}
+    return tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            spec=spec,
+            prepared=shared,
+            manifest=manifest,
+            run_uri=run.uri,
+            inputs=inputs,
+            rows=rows,
+        ),
+        trial_resources(spec.resources),
+    )
+
+
+def trial_resources(resources: ResourcesSpec) -> dict[str, float]:
+    """What Tune reserves for a trial's own process: the worker's CPU (and GPU) when it trains
+    itself; else a token, since Ray Train reserves its workers' resources."""
+    if resources.in_trial:
+        return {"cpu": resources.cpus_per_worker, "gpu": resources.gpus_per_worker}
+    return {"cpu": 0, "memory": DRIVER_MEMORY}
+
+
+def finish(
+    frame: Any, spec: Spec, manifest: Manifest, prepared: Path, shared: str, local_dir: Path, run: Storage
+) -> Any:
+    """Publish the leaderboard, test its best trials, publish it again with their test columns; a
+    test that fails leaves the leaderboard whole, its reason in the `test_error` column of the
+    trials it was to test. Returns the final leaderboard."""
+    held_out = held_out_table(spec, frame, manifest)
+    publish(frame, spec, local_dir, run, held_out)
+    frame = tested(frame, spec, prepared, shared, local_dir, held_out)
+    publish(frame, spec, local_dir, run, held_out)
+    return frame
+
+
+def tested(
+    frame: Any, spec: Spec, prepared: Path, shared: str, local_dir: Path, held_out: tuple[Any, str] | None
+) -> Any:
+    """The leaderboard with its best trials tested, or with `test_error` where that failed."""
+    try:
+        if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
+            prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
+        return evaluate_top_trials(frame, spec, prepared, local_dir, report_sections(held_out, local_dir))
+    except StorageError:
+        raise
+    except Exception as err:  # the leaderboard is published: say why the tests failed, keep the run
+        frame = frame.copy()
+        frame.loc[candidates(frame).head(spec.evaluation.top).index, TEST_ERROR] = failure(err)
+        return frame
+
+
+def warn_about_shortcuts(result: dict) -> None:
+    (log.warning if result["warnings"] else log.info)("shortcut audit: %s", shortcuts.headline(result))
+
+
+def held_out_table(spec: Spec, frame: Any, manifest: Manifest) -> tuple[Any, str] | None:
+    """The leave-one-source-out leaderboard and its note (what each held-out source holds)."""
+    if not spec.data.val_sources:
+        return None
+    return leaderboard.by_held_out_source(frame), leaderboard.held_out_note(manifest, spec.data.val_sources)
+
+
+def report_sections(held_out: tuple[Any, str] | None, local_dir: Path) -> list:
+    """What the best trial's report adds to its own metrics: held-out sources, the shortcut audit."""
+    from orchestrator.evaluation.report import Section
+
+    sections = []
+    if held_out is not None:
+        table, note = held_out
+        text = (
+            "Every configuration trained on the other sources and validated on each held-out one "
+            f"(final epoch), beside its in-source validation: the gap is how far the model travels. {note}"
+        )
+        scores = [c for c in table if c.startswith(leaderboard.HELD_OUT_SCORES)]
+        # the configuration's columns that differ (the weights are on the leaderboard), the scores
+        varying = [
+            c for c in table if c not in scores and c != "weights" and table[c].nunique(dropna=False) > 1
+        ]
+        if sum(c.startswith("held_out_") for c in scores) == 2:  # one source and its count: no worst/mean
+            scores = [c for c in scores if c not in ("worst_held_out", "mean_held_out")]
+        sections.append(Section("Held-out sources", text, table[varying + scores].round(3)))
+    if (local_dir / SHORTCUTS / AUDIT_FILE).exists():
+        result = json.loads((local_dir / SHORTCUTS / AUDIT_FILE).read_text())
+        sections.append(shortcuts.report_section(result, local_dir / SHORTCUTS))
+    return sections
+
+
+def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.scheduler.metric,
+            mode=spec.scheduler.resolved_mode,
+            scheduler=scheduler_for(spec),
+            max_concurrent_trials=concurrent_trials(spec),
+            trial_dirname_creator=_trial_dirname,
+            # a trial that trains in its own process hands that process, torch and timm imported,
+            # to the next trial: it starts training in about a second, not ten
+            reuse_actors=spec.resources.in_trial,
+        ),
+        run_config=tune.RunConfig(
+            name=run_name,
+            storage_path=spec.storage,
+            verbose=1,
+            # a trial whose driver died with its node starts again, from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
+            # a trial that trains in its own process reports, with each epoch, a Tune checkpoint that
+            # names the epoch's checkpoint (`trainables.session`). A restart needs the newest; and
+            # with one kept, Tune saves the experiment's state at each, so a --resume after a killed
+            # driver neither trains a finished trial again nor reports an epoch twice
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def publish(frame: Any, spec: Spec, local_dir: Path, run: Storage, held_out: tuple[Any, str] | None) -> None:
+    """Write the leaderboards (the cross-validation one first: `leaderboard.csv` marks a finished
+    run) and, for remote storage, upload what the driver wrote, leaderboards last."""
+    out = Storage(str(local_dir))
+    if len(spec.data.val_folds) > 1:
+        cv = leaderboard.by_configuration(frame, spec.scheduler.metric, spec.scheduler.resolved_mode)
+        leaderboard.write(cv, out, f"{LEADERBOARD}-cv")
+    if held_out is not None:
+        table, note = held_out
+        leaderboard.write(table, out, f"{LEADERBOARD}-loso", note=note)
+    leaderboard.write(frame, out, LEADERBOARD)
+    if run.remote:
+        files = sorted(local_dir.rglob("*"), key=lambda path: (path.name.startswith(LEADERBOARD), str(path)))
+        for path in (path for path in files if path.is_file()):
+            run.upload(path, path.relative_to(local_dir).as_posix())
+
+
+def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
+    """Print the leaderboard (and the cross-validation and held-out ones); the exit status: 1 when
+    every trial failed or a test of the best trials did."""
+    metric = spec.scheduler.metric
+    where = f"{spec.storage}/{run_dir.name}"
+    print(f"\nLeaderboard ({metric}, best first) - full table: {where}/{LEADERBOARD}.md\n")
+    print(leaderboard.to_markdown(leaderboard.summary(frame, metric)))
+    if len(spec.data.val_folds) > 1:
+        cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
+        print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
+        print(leaderboard.to_markdown(cv))
+    if (run_dir / f"{LEADERBOARD}-loso.md").exists():
+        print("\nHeld-out sources (final epoch ROC-AUC on each, worst first):\n")
+        print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
+    print(f"TensorBoard: tensorboard --logdir {where}")
+    failed = int((frame["status"] == "failed").sum())
+    if failed == len(frame):
+        print("every trial failed; see the 'error' column of the leaderboard")
+        return 1
+    if TEST_ERROR in frame and frame[TEST_ERROR].notna().any():
+        print(f"\nTesting the best trials failed: {frame[TEST_ERROR].dropna().iloc[0]}")
+        print("The leaderboard above is complete; test its checkpoints again with isic-evaluate.")
+        return 1
+    return 0
