@@ -23,14 +23,14 @@ from sklearn.preprocessing import StandardScaler
 from orchestrator.data.dataset_format import SHARDS, read_manifest
 from trainables.backbones import create_backbone, input_config
 from trainables.metrics import roc_auc
-from trainables.precision import Normalize
+from trainables.precision import Normalize, in_layout
 from trainables.transforms import Preprocess
 
 
 @torch.no_grad()
 def features(prepared: Path, backbone: str, weights: str, size: int | None = None, batch_size: int = 64):
     cfg = input_config(backbone)
-    model = create_backbone(backbone, weights, num_classes=None).eval()
+    model = in_layout(create_backbone(backbone, weights, num_classes=None).eval())
     normalize, preprocess = (
         Normalize(cfg.mean, cfg.std, torch.device("cpu")),
         Preprocess(size or cfg.input_size),

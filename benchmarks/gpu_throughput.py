@@ -38,7 +38,7 @@ from orchestrator.driver import run_sweep
 from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups
 from trainables.optimizers import build_optimizer
-from trainables.precision import Normalize, autocast_dtype, grad_scaler
+from trainables.precision import Normalize, autocast_dtype, grad_scaler, in_layout
 from trainables.timing import TIMING_LOG, read_marks
 
 PRECISION = "bf16"  # on CPU autocast to bf16 is slow: the smoke run trains in fp32
@@ -86,8 +86,7 @@ class TrainStep:
     def __init__(self, backbone: str, device: torch.device) -> None:
         cfg = input_config(backbone)
         model = create_backbone(backbone, "none", 2)
-        layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format  # as the loop
-        self.model = model.to(device, memory_format=layout).train()
+        self.model = in_layout(model.to(device)).train()  # as the loop
         self.optimizer = build_optimizer("adamw", param_groups(self.model, 1e-3, 0.0, 1.0), 1e-3)
         self.dtype = autocast_dtype(PRECISION if device.type == "cuda" else "fp32", device)
         self.scaler = grad_scaler(self.dtype, device)

@@ -39,7 +39,7 @@ from trainables.backbones import create_backbone, input_config
 from trainables.finetune import param_groups
 from trainables.metrics import validation_metrics
 from trainables.optimizers import build_optimizer
-from trainables.precision import Normalize
+from trainables.precision import Normalize, in_layout
 from trainables.timing import TIMING_LOG, read_marks
 from trainables.transforms import Preprocess
 
@@ -66,7 +66,7 @@ def plain_loop(prepared: Path, epochs: int) -> dict:
     for config in configurations():
         started = time.perf_counter()
         first = None
-        model = create_backbone(BACKBONE, "none", num_classes=2)
+        model = in_layout(create_backbone(BACKBONE, "none", num_classes=2))
         groups = param_groups(model, config["lr"], 0.0, 1.0)
         optimizer = build_optimizer(config["optimizer"], groups, config["lr"], 0.0)
         for epoch in range(epochs):

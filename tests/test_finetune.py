@@ -7,10 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import checkpoint_meta
 from trainables.backbones import create_backbone
+from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.finetune import lr_factor, param_groups, set_backbone_frozen, set_learning_rates, train_mode
 from trainables.optimizers import build_optimizer
-from trainables.precision import Normalize, autocast_dtype, grad_scaler
+from trainables.precision import Normalize, autocast_dtype, grad_scaler, in_layout
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +80,20 @@ def test_normalize_matches_mean_and_std():
     assert out.dtype == torch.float32
     assert out[0, 0, 0].tolist() == pytest.approx([-2.0, 2.0])
     assert out[0, 1, 0, 0].item() == pytest.approx((128 / 255 - 0.5) / 0.25)
+
+
+def test_batches_and_models_are_channels_last_on_cpu_and_a_checkpoint_loads_back_alike(tmp_path):
+    """One layout for training, validation and scoring: a checkpoint saved from a channels-last
+    model loads back channels-last and gives the same outputs."""
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    batch = Normalize((0.5,) * 3, (0.25,) * 3, torch.device("cpu"))(images)
+    assert batch.is_contiguous(memory_format=torch.channels_last) and not batch.is_contiguous()
+    torch.manual_seed(0)
+    trained = in_layout(create_backbone("test_efficientnet", "none", num_classes=2)).eval()
+    meta = checkpoint_meta(backbone="test_efficientnet", image_size=32)
+    save_checkpoint(tmp_path, trained, meta)
+    loaded, _ = load_checkpoint(tmp_path)
+    convs = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), trained(batch))

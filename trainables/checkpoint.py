@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.errors import UserError
+from trainables.precision import in_layout
 from trainables.resize import EVAL_RESIZES
 from trainables.storage import Storage, StorageError
 
@@ -186,7 +187,7 @@ def load_checkpoint(folder: Path) -> tuple[nn.Module, CheckpointMeta]:
     meta = read_meta(folder)
     model = timm.create_model(meta.model, pretrained=False, num_classes=len(meta.classes))
     model.load_state_dict(read_weights(Path(folder)))
-    return model.eval(), meta
+    return in_layout(model.eval()), meta
 
 
 def read_weights(folder: Path) -> dict:

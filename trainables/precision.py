@@ -5,8 +5,20 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
+
+# Every model and image batch here is channels-last (NHWC), on any device: GPU tensor cores want it,
+# and on CPU oneDNN's convolutions train 1.1-1.5x faster in it than in NCHW (EfficientNet-Lite0 and
+# MobileNetV2 at 128 px, 2 threads). Training, validation and scoring use one layout, so a
+# checkpoint scores the same numbers wherever it runs.
+LAYOUT = torch.channels_last
+
+
+def in_layout(model: nn.Module) -> nn.Module:
+    """`model` with its weights in `LAYOUT`."""
+    return model.to(memory_format=LAYOUT)
 
 
 def autocast_dtype(requested: str, device: torch.device) -> torch.dtype | None:
@@ -30,13 +42,11 @@ def grad_scaler(dtype: torch.dtype | None, device: torch.device) -> torch.amp.Gr
 
 
 class Normalize:
-    """uint8 NCHW images from the pipeline -> normalised float on the device (channels-last on GPU)."""
+    """uint8 NCHW images from the pipeline -> normalised float on the device, in `LAYOUT`."""
 
     def __init__(self, mean, std, device: torch.device) -> None:
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-        self.channels_last = device.type == "cuda"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = (images.float() - self.mean) / self.std
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
+        return ((images.float() - self.mean) / self.std).contiguous(memory_format=LAYOUT)

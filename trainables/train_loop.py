@@ -38,7 +38,7 @@ from trainables.finetune import param_groups, set_backbone_frozen, set_learning_
 from trainables.inference import predict
 from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
-from trainables.precision import Normalize, autocast_dtype, grad_scaler
+from trainables.precision import Normalize, autocast_dtype, grad_scaler, in_layout
 from trainables.resize import EVAL_RESIZE
 from trainables.session import Session
 from trainables.timing import mark
@@ -69,9 +69,7 @@ class Trainer:
         if self.device.type == "cpu":
             torch.set_num_threads(config.threads)  # Ray sets 1 thread per worker CPU
         self.dtype = autocast_dtype(config.precision, self.device)
-        model = create_backbone(config.backbone, config.weights, num_classes=len(config.classes))
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        model = in_layout(create_backbone(config.backbone, config.weights, num_classes=len(config.classes)))
         # a frozen start leaves backbone parameters without gradients: DDP must expect that
         self.model = session.prepare_model(model, find_unused_parameters=config.freeze_epochs > 0)
         groups = param_groups(_unwrap(self.model), config.lr, config.weight_decay, config.backbone_lr_scale)

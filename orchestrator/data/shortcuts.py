@@ -39,7 +39,7 @@ from orchestrator.evaluation.clinical import bootstrap
 from orchestrator.tables import to_markdown
 from trainables.backbones import create_backbone, input_config
 from trainables.metrics import roc_auc
-from trainables.precision import Normalize
+from trainables.precision import Normalize, in_layout
 from trainables.transforms import decode_jpeg
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def audit(
     manifest = read_manifest(prepared)
     size = size or manifest.image_size
     cfg = input_config(backbone)
-    model = create_backbone(backbone, weights, num_classes=2).eval()
+    model = in_layout(create_backbone(backbone, weights, num_classes=2).eval())
     log.info("shortcut audit of %s: %s features at %d px", prepared, backbone, size)
     found = extract(prepared, model, Normalize(cfg.mean, cfg.std, torch.device("cpu")), size)
     if len(set(found.labels.tolist())) < 2:
