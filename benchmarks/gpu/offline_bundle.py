@@ -62,7 +62,8 @@ REQUIREMENTS = [
     "pillow",
 ]
 # imported by `run` before the benchmark, so that a missing package is named in seconds
-IMPORTS = ["torch", "timm", "ray.train.torch", "ray.tune", "ray.data", "albumentations", "orchestrator.sweep"]
+IMPORTS = ["torch", "timm", "ray.train.torch", "ray.tune", "ray.data", "albumentations"]
+IMPORTS += ["orchestrator.driver"]  # the sweep's whole driver: `orchestrator.sweep` imports it late
 PROVIDED = {"torch", "torchvision", "timm"}  # never bundled: the machine's own build for its GPU
 RAY_JAR = re.compile(r"^ray/jars/")
 PROJECT_FILES = ["orchestrator", "trainables", "benchmarks", "datasets/isic-sample", "pyproject.toml"]
