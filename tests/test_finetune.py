@@ -82,6 +82,14 @@ def test_normalize_matches_mean_and_std():
     assert out[0, 1, 0, 0].item() == pytest.approx((128 / 255 - 0.5) / 0.25)
 
 
+def convolutions_are_channels_last(model: torch.nn.Module) -> bool:
+    """Whether every spatial convolution's weights of `model` are laid out channels-last."""
+    weights = [
+        m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)
+    ]
+    return bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+
+
 def test_batches_and_models_are_channels_last_on_cpu_and_a_checkpoint_loads_back_alike(tmp_path):
     """One layout for training, validation and scoring: a checkpoint saved from a channels-last
     model loads back channels-last and gives the same outputs."""
@@ -93,7 +101,32 @@ def test_batches_and_models_are_channels_last_on_cpu_and_a_checkpoint_loads_back
     meta = checkpoint_meta(backbone="test_efficientnet", image_size=32)
     save_checkpoint(tmp_path, trained, meta)
     loaded, _ = load_checkpoint(tmp_path)
-    convs = [m.weight for m in loaded.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
-    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert convolutions_are_channels_last(loaded)
     with torch.no_grad():
         assert torch.equal(loaded(batch), trained(batch))
+
+
+def test_a_cpu_worker_trains_a_channels_last_model(tmp_path):
+    """The Trainer converts its model (and a step keeps it so), not only the scoring paths."""
+    from trainables.registry import timm_name
+    from trainables.session import TrialSession
+    from trainables.train_loop import Trainer
+    from trainables.trial_config import TrialConfig
+
+    config = TrialConfig(
+        backbone="test_efficientnet", lr=1e-3, optimizer="adamw", batch_size=4, weight_decay=0.0,
+        color="none", val_fold=0, val_source="", model=timm_name("test_efficientnet"), weights="none",
+        classes=("benign", "malignant"), image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_rows=4,
+        class_weights=None, epochs=1, seed=0, freeze_epochs=0, backbone_lr_scale=1.0, warmup_epochs=0.0,
+        schedule="cosine", label_smoothing=0.0, precision="auto", checkpoints="",
+        threads=torch.get_num_threads(),  # the Trainer sets it: this process's own, unchanged
+    )  # fmt: skip
+    session = TrialSession("t", {}, str(tmp_path), metric="val_auc", mode="max", keep=1, use_gpu=False)
+    trainer = Trainer(config, session)
+    batch = {
+        "image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+        "label": torch.tensor([0, 1, 0, 1]),
+    }
+    loss, _ = trainer.epoch(0, [batch])
+    assert math.isfinite(loss)
+    assert convolutions_are_channels_last(trainer.model)
