@@ -5,10 +5,13 @@ trials with ASHA early stopping, and publishes the leaderboard, its tests and th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from orchestrator.config import DATA_CPUS_PER_TRIAL, ResourcesSpec, SourceSpec, Spec, split_of
+from orchestrator.console import SWEEP_LOG, Progress, print_plan, quiet_output
 from orchestrator.data import shortcuts
 from orchestrator.data.dataset_format import (
     MANIFEST,
@@ -30,6 +34,7 @@ from orchestrator.data.pipeline import shared_rows
 from orchestrator.data.prepare import prepare_once
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError
+from orchestrator.evaluation.sweep_page import SWEEP_PAGE, write_sweep_page
 from orchestrator.heartbeat import beating, check_not_live
 from orchestrator.preflight import preflight
 from orchestrator.run_record import LEADERBOARD, RUN_RECORD, new_run_name, read_run_record
@@ -43,7 +48,8 @@ from orchestrator.storage import (
     staging_dir,
 )
 from orchestrator.tuning import leaderboard
-from orchestrator.tuning.top_trials import TEST_ERROR, candidates, evaluate_top_trials, failure
+from orchestrator.tuning.tensorboard import TrialCurves, write_hparams
+from orchestrator.tuning.top_trials import REPORT, TEST_ERROR, candidates, evaluate_top_trials, failure
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import input_config
 
@@ -67,6 +73,7 @@ LOCAL_RAY_ENV: dict[str, str] = {
 # checkpoint (see `new_tuner`) of trials with short epochs. A save that is slow still warns.
 TUNE_DRIVER_ENV: dict[str, str] = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 PREPARED_COPIES = "prepared"
+NOTE_WIDTH = 100  # characters a line of the notes under the printed leaderboard
 SHORTCUTS = "shortcuts"  # the shortcut audit's files in the run folder
 AUDIT_FILE = shortcuts.AUDIT_FILE  # beside the runs in remote storage, where every node can read them
 
@@ -243,11 +250,17 @@ def warn_if_storage_is_node_local(storage: Storage) -> None:
 
 
 def run_sweep(
-    spec: Spec, address: str | None = None, resume: str | None = None, checked: bool = False
+    spec: Spec,
+    address: str | None = None,
+    resume: str | None = None,
+    checked: bool = False,
+    quiet: bool = False,
 ) -> tuple[Path, Any]:
     """Run the spec's grid, or finish the unfinished trials of run `resume` (a run folder's name in
     the spec's storage); return the local folder holding the run's leaderboard, and its frame.
-    `checked`: the caller ran `preflight` already (the command line does, before importing Ray)."""
+    `checked`: the caller ran `preflight` already (the command line does, before importing Ray).
+    `quiet`: Ray's output goes to the run's log (`console.SWEEP_LOG`), the console gets the plan
+    and a line per trial event; a Ray instance the sweep started is shut down before it returns."""
     storage = Storage(spec.storage)
     if not checked:
         preflight(spec, tests=not resume)
@@ -274,31 +287,71 @@ def run_sweep(
         run.write_atomic(RUN_RECORD, json.dumps(record, indent=2).encode())
     local_dir = staging_dir(run_name) if run.remote else Path(run.uri)
     manifest = parse_manifest(Storage(shared).read_text(MANIFEST), shared)
-    if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
-        warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
-    joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
-    if not ray.is_initialized():
-        # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
-        if not joined:
-            for name, value in LOCAL_RAY_ENV.items():  # its processes inherit the driver's environment
+    log_path = local_dir / SWEEP_LOG
+    if quiet and resume and run.remote and not log_path.exists() and run.exists(SWEEP_LOG):
+        log_path.parent.mkdir(parents=True, exist_ok=True)  # resumed elsewhere: the log goes on
+        log_path.write_text(run.read_text(SWEEP_LOG))
+    with quiet_output(log_path) if quiet else contextlib.nullcontext(sys.stdout) as console:
+        print_plan(console, spec, manifest, run, log_path if quiet else None, bool(resume))
+        if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
+            warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
+        joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
+        ours = not ray.is_initialized()
+        if ours:
+            # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
+            if not joined:
+                for name, value in LOCAL_RAY_ENV.items():  # its processes inherit the driver's environment
+                    os.environ.setdefault(name, value)
+            ray.init(address=address if joined else "local", configure_logging=False)
+        try:
+            check_gpus(spec, local=not joined)
+            warn_if_storage_is_node_local(storage)
+            for name, value in TUNE_DRIVER_ENV.items():
                 os.environ.setdefault(name, value)
-        ray.init(address=address if joined else "local", configure_logging=False)
-    check_gpus(spec, local=not joined)
-    warn_if_storage_is_node_local(storage)
-    for name, value in TUNE_DRIVER_ENV.items():
-        os.environ.setdefault(name, value)
+            progress = Progress(spec, console)
+            frame = tune_and_publish(
+                spec, run, run_name, bool(resume), shared, manifest, prepared, local_dir, progress
+            )
+        finally:
+            if quiet and ours:  # while its output still goes to the log
+                ray.shutdown()
+    if quiet and run.remote:  # the log again, whole
+        run.upload(log_path, SWEEP_LOG)
+    return local_dir, frame
+
+
+def tune_and_publish(
+    spec: Spec,
+    run: Storage,
+    run_name: str,
+    resume: bool,
+    shared: str,
+    manifest: Manifest,
+    prepared: Path,
+    local_dir: Path,
+    progress: Progress,
+) -> Any:
+    """Run the grid (or a resumed run's unfinished trials) on the Ray instance joined, then publish
+    the leaderboard and test its best trials; returns the leaderboard."""
     try:
         with beating(run):  # a second driver on this run refuses to start
             trainable = trial_runner(spec, shared, manifest, run)
             if resume:
                 tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
+                # the restored run's configuration has no callbacks (they are not saved with it)
+                tuner._local_tuner.get_run_config().callbacks = [progress, TrialCurves()]
                 log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
             else:
-                tuner = new_tuner(spec, trainable, run_name)
+                tuner = new_tuner(spec, trainable, run_name, [progress, TrialCurves()])
                 log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
             results = tuner.fit()
             frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
             frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
+            histories = {Path(result.path).name: result.metrics_dataframe for result in results}
+            write_sweep_page(local_dir / REPORT, frame, histories, spec, run_name)
+            if run.remote:
+                run.upload(local_dir / REPORT, REPORT)
+            return frame
     except (StorageError, OSError) as err:  # Ray Tune's own reads and writes of the storage raise OSError
         why = err if isinstance(err, StorageError) else f"the storage failed: {reason(err)}"
         kept = f" (what the driver wrote is in {local_dir})" if run.remote else ""
@@ -306,7 +359,6 @@ def run_sweep(
             f"{why}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
             f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
-    return local_dir, frame
 
 
 def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> Any:
@@ -346,6 +398,7 @@ def finish(
     held_out = held_out_table(spec, frame, manifest)
     publish(frame, spec, local_dir, run, held_out)
     frame = tested(frame, spec, prepared, shared, local_dir, held_out)
+    write_hparams(frame, spec, local_dir)
     publish(frame, spec, local_dir, run, held_out)
     return frame
 
@@ -402,7 +455,7 @@ def report_sections(held_out: tuple[Any, str] | None, local_dir: Path) -> list:
     return sections
 
 
-def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
+def new_tuner(spec: Spec, trainable: Any, run_name: str, callbacks: list[tune.Callback]) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
@@ -420,6 +473,7 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str) -> tune.Tuner:
             name=run_name,
             storage_path=spec.storage,
             verbose=1,
+            callbacks=callbacks,
             # a trial whose driver died with its node starts again, from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=spec.train.max_failures),
             # a trial that trains in its own process reports, with each epoch, a Tune checkpoint that
@@ -455,6 +509,9 @@ def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
     where = f"{spec.storage}/{run_dir.name}"
     print(f"\nLeaderboard ({metric}, best first) - full table: {where}/{LEADERBOARD}.md\n")
     print(leaderboard.to_markdown(leaderboard.summary(frame, metric)))
+    for note in (leaderboard.SUMMARY_NOTE, leaderboard.overlap_note(frame)):
+        if note:
+            print(textwrap.fill(note, width=NOTE_WIDTH))
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
         print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
@@ -462,7 +519,12 @@ def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
     if (run_dir / f"{LEADERBOARD}-loso.md").exists():
         print("\nHeld-out sources (final epoch ROC-AUC on each, worst first):\n")
         print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
-    print(f"TensorBoard: tensorboard --logdir {where}")
+    print(f"\nTensorBoard: tensorboard --logdir {where}")
+    for page, what in ((SWEEP_PAGE, "The sweep's page"), ("report.html", "The best trial's report")):
+        if (run_dir / REPORT / page).exists():
+            print(f"{what}: {where}/{REPORT}/{page}")
+    if (run_dir / SWEEP_LOG).exists():
+        print(f"Ray's output: {where}/{SWEEP_LOG}")
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):
         print("every trial failed; see the 'error' column of the leaderboard")

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from trainables.errors import UserError
 
-__all__ = ["UserError", "command", "run_cli"]
+__all__ = ["UserError", "command", "error_reason", "run_cli"]
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
@@ -28,3 +28,11 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
 def command(main: Callable[[list[str] | None], int | None]) -> Callable[[], None]:
     """A console-script entry point running `main` through `run_cli`."""
     return lambda: run_cli(main)
+
+
+def error_reason(text: str | None) -> str:
+    """The line of an error's text that says what went wrong: the last one naming an Error."""
+    lines = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if not lines:
+        return "no reason recorded (see the run's log)"
+    return next((line for line in reversed(lines) if "Error" in line), lines[-1])[:300]

@@ -10,6 +10,9 @@ leaderboard (CSV and Markdown), TensorBoard event files (HParams tab: the leader
 the curves) and the checkpoints. A resumed run finishes its unfinished trials, each from its last
 checkpoint, and leaves finished ones as they are.
 
+The console gets the plan, a line per trial start, epoch, early stop and failure, and the
+leaderboard; Ray's own output goes to the run's sweep.log (`--verbose`: to the console).
+
 A mistake in the spec or the arguments is reported before Ray, torch or timm are imported (in about
 a second); the run itself is `orchestrator.driver`.
 """
@@ -38,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         help="override a spec key, e.g. --set train.epochs=3 --set 'search.lr=[1e-3,3e-4]' (repeatable)",
     )
     parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="print Ray's own output (Tune's status table, worker logs) here, not to the run's sweep.log",
+    )
+    parser.add_argument(
         "--resume",
         nargs="?",
         const=True,
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight(spec, tests=not resume)
     from orchestrator.driver import run_sweep, summarise  # Ray: for a spec that passed preflight
 
-    run_dir, frame = run_sweep(spec, args.address, resume, checked=True)
+    run_dir, frame = run_sweep(spec, args.address, resume, checked=True, quiet=not args.verbose)
     return summarise(spec, run_dir, frame)
 
 

@@ -63,7 +63,7 @@ def trial_processes(storage: Path) -> Callable[[], set[int]]:
 
 
 @pytest.mark.parametrize("train_in", ["ray_train", "trial"])
-def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, train_in):
+def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, train_in, capsys):
     storage = tmp_path / "runs"
     # 8 epochs of about a second each: the kill (at the first complete checkpoint) lands while
     # epochs are left, or the trial would end before it
@@ -91,6 +91,8 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, tmp_path, tra
     assert json.loads(last.read_text())["resumed_after_epoch"] >= 1
     if train_in == "ray_train":
         return  # Ray Train keeps its own (after a restart, the checkpoints from before it too)
+    # the console named the failure, and the restart (Ray Train restarts its workers by itself)
+    assert "#1/1 failed, restarting from its last checkpoint: " in capsys.readouterr().out
     # what a trial that trains in its own process keeps: the newest checkpoint and the best others
     # by val_auc, as many as configured
     reported = {json.loads(line)["epoch"]: json.loads(line)["val_auc"] for line in results}

@@ -1,7 +1,13 @@
 import pandas as pd
 
 from orchestrator.storage import Storage
-from orchestrator.tuning.leaderboard import best_checkpoint, checkpoint_metas, to_markdown
+from orchestrator.tuning.leaderboard import (
+    best_checkpoint,
+    checkpoint_metas,
+    overlap_note,
+    summary,
+    to_markdown,
+)
 from tests.helpers import checkpoint_meta
 from trainables.checkpoint import newest_complete
 
@@ -58,3 +64,44 @@ def test_a_tie_goes_to_the_earlier_epoch_in_any_listing_order():
         assert best_checkpoint(order, "val_auc", "max")[0] == "checkpoint_1"
     ahead = [*kept, ("checkpoint_3", {"val_auc": 0.65, "val_loss": 0.9, "epoch": 3})]
     assert best_checkpoint(ahead[::-1], "val_auc", "max")[0] == "checkpoint_3"  # better wins, later or not
+
+
+def ranked(aucs: list[tuple[float, float, float]], **columns) -> pd.DataFrame:
+    """A leaderboard of trials with these (AUC, low, high), best first."""
+    frame = pd.DataFrame(aucs, columns=["best_val_auc", "best_val_auc_low", "best_val_auc_high"])
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return frame.assign(backbone="b", status="completed", **columns)
+
+
+def test_the_summary_shows_each_aucs_interval_and_the_folds_operating_point():
+    frame = ranked(
+        [(0.85, 0.75, 0.95), (0.8, float("nan"), float("nan"))],
+        best_val_recall_at_threshold=[0.9, 0.7],
+        best_val_specificity_at_threshold=[0.6, 0.8],
+        best_val_recall=[0.0, 0.5],  # the 0.5 threshold's, left to the full table
+    )
+    table = summary(frame, "val_auc")
+    assert list(table.columns) == [
+        "rank",
+        "backbone",
+        "status",
+        "best_val_auc",
+        "auc_95%_ci",
+        "sensitivity",
+        "specificity",
+    ]
+    assert list(table["auc_95%_ci"]) == ["0.75-0.95", ""]
+    assert list(table["sensitivity"]) == [0.9, 0.7] and list(table["specificity"]) == [0.6, 0.8]
+
+
+def test_the_note_names_the_trials_the_validation_set_cannot_tell_apart():
+    close = ranked([(0.85, 0.75, 0.95), (0.80, 0.70, 0.90), (0.76, 0.65, 0.86), (0.70, 0.60, 0.80)])
+    note = overlap_note(close)
+    assert "trials ranked 2, 3 lie inside the 95% interval of the trial ranked 1" in note
+    assert "(AUC 0.850, 95% CI 0.75-0.95)" in note
+    one = overlap_note(close.iloc[[0, 1, 3]])
+    assert "AUC of the trial ranked 2 lies inside" in one
+    apart = overlap_note(ranked([(0.95, 0.9, 1.0), (0.8, 0.7, 0.9)]))
+    assert apart.startswith("Every other trial's AUC lies below the 95% interval of the trial ranked 1")
+    assert overlap_note(ranked([(0.9, float("nan"), float("nan")), (0.8, 0.7, 0.9)])) == ""  # one scored
+    assert overlap_note(pd.DataFrame({"rank": [1], "best_val_auc": [0.9]})) == ""  # older runs: no interval

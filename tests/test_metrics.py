@@ -11,6 +11,7 @@ from trainables.metrics import (
     UNTUNED_THRESHOLD,
     NoThreshold,
     at_threshold,
+    auc_interval,
     binary_metrics,
     choose_threshold,
     confusion_counts,
@@ -103,3 +104,33 @@ def test_the_names_are_what_the_functions_return():
     assert set(validation_metrics(labels, scores)) | {"train_loss"} == set(REPORTED_METRICS)
     assert len(set(REPORTED_METRICS)) == len(REPORTED_METRICS)
     assert set(RANKING_METRICS) <= set(REPORTED_METRICS)
+
+
+def delong_by_pairs(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """DeLong's AUC and standard error from every (malignant, benign) pair, as the 1988 paper writes it."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    psi = (positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])
+    above, below = psi.mean(axis=1), psi.mean(axis=0)
+    return psi.mean(), np.sqrt(above.var(ddof=1) / len(positive) + below.var(ddof=1) / len(negative))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_auc_interval_is_delongs_around_scikit_learns_auc(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 60)
+    scores = np.round(rng.random(60) * 0.6 + labels * 0.3 * seed / 3, 2)  # ties; AUC 0.5 to ~0.95
+    auc, error = delong_by_pairs(labels, scores)
+    assert auc == pytest.approx(sk.roc_auc_score(labels, scores))
+    low, high = auc_interval(labels, scores)
+    assert (low, high) == pytest.approx((max(0, auc - 1.96 * error), min(1, auc + 1.96 * error)), abs=1e-4)
+    assert low < auc < high
+    wider = auc_interval(labels[:30], scores[:30])  # half the images: a wider interval
+    assert wider[1] - wider[0] > high - low
+
+
+def test_the_auc_interval_is_clipped_and_undefined_without_two_of_each_class():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert auc_interval(labels, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])) == (1.0, 1.0)  # no spread
+    assert np.isnan(auc_interval(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]))).all()
+    metrics = validation_metrics(labels, np.array([0.1, 0.6, 0.3, 0.5, 0.8, 0.9]))
+    assert metrics["val_auc_low"] < metrics["val_auc"] < metrics["val_auc_high"]

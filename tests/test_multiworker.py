@@ -1,6 +1,8 @@
-"""Two DDP workers in one trial (gloo on CPU): frozen start, all-reduced loss, a checkpoint per epoch."""
+"""Two DDP workers in one trial (gloo on CPU): frozen start, all-reduced loss, a checkpoint per epoch;
+and, with no `evaluation` section, the best trial's report and the sweep page all the same."""
 
 import json
+import re
 import threading
 
 import pytest
@@ -49,3 +51,10 @@ def test_two_workers_train_one_trial(ray_local, tmp_path):
     assert [r["epoch"] for r in reports] == [1, 2]
     assert all(r["train_loss"] > 0 for r in reports)
     assert len(list((run_dir / "checkpoints").glob("*/checkpoint_*/model.safetensors"))) == 2
+    # no evaluation section: the best trial's report (on its validation fold) and the sweep's page,
+    # each one file with its pictures inlined
+    for page, pictures in (("report.html", 4), ("sweep.html", 1)):  # ROC, PR, reliability, confusion
+        html = (run_dir / "report" / page).read_text()
+        assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/]{100}', html)) == pictures, page
+        assert not re.findall(r'<img src="(?!data:)', html), page
+    assert "validation ROC-AUC per epoch" in (run_dir / "report" / "sweep.html").read_text()

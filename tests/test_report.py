@@ -9,7 +9,7 @@ import pandas as pd
 from orchestrator.config import EvaluationSpec, Metric
 from orchestrator.evaluation.clinical import Targets
 from orchestrator.evaluation.evaluate import Scored, metrics_with_intervals
-from orchestrator.evaluation.report import LABELS, Section, write_report
+from orchestrator.evaluation.report import LABELS, Section, short_label, write_report
 from orchestrator.tuning import leaderboard
 from trainables.metrics import (
     RANKING_METRICS,
@@ -56,3 +56,34 @@ def test_the_page_holds_every_table_and_picture_and_escapes_what_it_shows(tmp_pa
         assert f"<h2>{title}</h2>" in page
     assert len(re.findall(r'<img src="data:image/png;base64,[^"]+"', page)) == 5  # 3 curves, 1 matrix, audit
     assert "<figcaption>the audit&#39;s picture</figcaption>" in page
+
+
+def test_datasets_are_named_by_short_labels_and_a_threshold_chosen_on_them_is_called_optimistic(tmp_path):
+    cache = "/home/me/project/prepared/isic-sample-128px-5f-s0-b12853816a"
+    assert short_label(f"{cache}@0") == "isic-sample fold 0"
+    assert short_label(f"{cache}@2,kaggle") == "isic-sample fold 2, source kaggle"
+    assert short_label("/data/isic2017-test/") == "isic2017-test"
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 40)
+    scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
+    names = [f"{cache}@0", "/data/isic2017-test"]
+    scored = [Scored(name, [f"id{i}" for i in range(40)], labels, scores) for name in names]
+    summary = {
+        "checkpoint": "runs/x/checkpoint_000003",
+        "backbone": "resnet50",
+        "threshold": 0.5,
+        "threshold_origin": f"chosen on {names[0]} (Youden's J)",
+        "tta": False,
+        "bootstrap": 5,
+        "targets": Targets().__dict__,
+        "datasets": {name: {"images": 40, "malignant": int(labels.sum())} for name in names},
+        "metrics": {name: metrics_with_intervals(scored[0], 0.5, Targets(), 5, 0) for name in names},
+    }
+    page = write_report(tmp_path / "out", summary, scored).read_text()
+    assert "<th>isic-sample fold 0</th>" in page and "<th>isic2017-test</th>" in page  # table columns
+    assert f"isic-sample fold 0: 40 images, {int(labels.sum())} malignant ({names[0]})" in page
+    assert (
+        "chosen on isic-sample fold 0 (Youden&#39;s J); its figures on isic-sample fold 0 are optimistic"
+        in page
+    )
+    assert "Confusion matrix, isic-sample fold 0" in page

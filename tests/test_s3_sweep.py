@@ -50,6 +50,18 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     done = sweep(str(spec), "--storage", storage)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"full table: {storage}/s3-" in done.stdout
+    # the console: the plan, a line per trial event, the leaderboard; Ray's output is in the run's log
+    console = done.stdout + done.stderr
+    for line in (
+        "Sweep: 2 trials (lr)",
+        "#1/2 started: lr 0.001",
+        "#2/2 epoch 2/2: val AUC",
+        "#2/2 finished",
+    ):
+        assert line in done.stdout, done.stdout
+    assert len(done.stdout.splitlines()) < 60, done.stdout
+    for ray_output in ("Trial status", "core_worker", "(pid=", "ray.", "Ray Tune"):
+        assert ray_output not in console, console
 
     client = s3_server.client()
     keys = [
@@ -59,7 +71,14 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     ]
     (run,) = {key.split("/")[2] for key in keys if key.startswith("team/runs/s3-")}
     files = {key.removeprefix(f"team/runs/{run}/") for key in keys if key.startswith(f"team/runs/{run}/")}
-    for name in ("run.json", "leaderboard.csv", "leaderboard.md", "report/report.html", "report/roc.png"):
+    for name in (
+        "run.json",
+        "leaderboard.csv",
+        "leaderboard.md",
+        "report/report.html",
+        "report/roc.png",
+        "sweep.log",
+    ):
         assert name in files, sorted(files)
     assert any(name.startswith("test-results/events.out.tfevents") for name in files)
     trials = {name.split("/")[0] for name in files if name.endswith("/result.json")}
@@ -75,6 +94,8 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     )  # read by every node
     assert list(workdir.iterdir()) == []  # nothing written locally
 
+    log = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/sweep.log")["Body"].read().decode()
+    assert "Trial status" in log  # Tune's table, whole: uploaded again after Ray shut down
     body = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")["Body"].read()
     frame = pd.read_csv(io.BytesIO(body))
     assert len(frame) == 2 and set(frame["status"]) == {"completed"}
@@ -83,7 +104,7 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
 
     for key, value in s3_server.env.items():  # TensorBoard reads the curves from the bucket
         monkeypatch.setenv(key, value)
-    assert "ray/tune/val_auc" in scalar_tags(f"s3://{bucket}/team/runs/{run}/{sorted(trials)[0]}")
+    assert "val/auc" in scalar_tags(f"s3://{bucket}/team/runs/{run}/{sorted(trials)[0]}")
 
     client.delete_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")
     rebuilt = sweep("--resume", f"{storage}/{run}")  # all trials finished: only the leaderboard again

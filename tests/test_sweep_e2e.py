@@ -27,16 +27,26 @@ def plugin_contents(events: Path, plugin: str) -> list[bytes]:
         return []
 
 
-def hparam_names(run_dir: Path) -> set[str]:
-    """The HParams keys TensorBoard shows, read back from the trials' event files."""
+def hparam_sessions(run_dir: Path) -> dict[str, dict]:
+    """The HParams sessions TensorBoard shows, by session (run folder) name: their hyperparameters,
+    read back from the event files."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    names: set[str] = set()
-    for events in run_dir.glob("*/events.out.tfevents.*"):
+    sessions: dict[str, dict] = {}
+    for events in run_dir.rglob("events.out.tfevents.*"):
         for content in plugin_contents(events, "hparams"):
             data = plugin_data_pb2.HParamsPluginData.FromString(content)
-            names.update(data.session_start_info.hparams.keys())
-    return names
+            if data.HasField("session_start_info"):
+                values = data.session_start_info.hparams
+                name = events.parent.relative_to(run_dir).as_posix()
+                sessions[name] = {
+                    key: values[key].WhichOneof("kind") and _value(values[key]) for key in values
+                }
+    return sessions
+
+
+def _value(proto) -> object:
+    return getattr(proto, proto.WhichOneof("kind"))
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +108,29 @@ def test_asha_stopped_a_trial_early(sweep):
     assert (frame[frame["status"] == "completed"]["epochs_run"] == 3).all()
 
 
-def test_tensorboard_hparams_name_the_searched_keys(sweep):
-    _, run_dir, _ = sweep
-    assert {"backbone", "lr", "optimizer", "batch_size"} <= hparam_names(run_dir)
+def test_tensorboard_holds_the_projects_curves_and_one_hparams_session_per_leaderboard_row(sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, frame = sweep
+    for trial in frame["trial_id"]:
+        (events,) = (run_dir / trial).glob("events.out.tfevents.*")
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        tags = accumulator.Tags()["scalars"]
+        assert {"val/auc", "val/sensitivity_at_threshold", "train/loss"} <= set(tags), tags
+        assert not [tag for tag in tags if tag.startswith("ray/")], tags  # Ray's counters are left out
+        if trial == frame["trial_id"].iloc[0]:
+            assert [event.step for event in accumulator.Scalars("val/auc")] == [1, 2, 3]  # epochs
+    sessions = hparam_sessions(run_dir)
+    # one per trial, named by rank: TensorBoard lists them in the leaderboard's order
+    assert sorted(sessions) == [
+        f"hparams/{rank:02d}-{trial}" for rank, trial in zip(frame["rank"], frame["trial_id"], strict=True)
+    ]
+    for (_, row), session in zip(
+        frame.iterrows(), (sessions[name] for name in sorted(sessions)), strict=True
+    ):
+        assert {"backbone", "lr", "optimizer", "batch_size", "weights", "status"} <= set(session)
+        assert session["weights"] == "package" and session["status"] == row["status"]
 
 
 def test_best_trial_is_tested_on_held_out_images(sweep):
@@ -127,11 +157,12 @@ def test_tensorboard_shows_test_metrics_and_the_roc_curve(sweep):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         images += accumulator.Tags()["images"]
+    for events in (run_dir / "hparams").rglob("events.out.tfevents.*"):
         for content in plugin_contents(events, "hparams"):
             data = plugin_data_pb2.HParamsPluginData.FromString(content)
             metrics.update(m.name.tag for m in data.experiment.metric_infos)
     assert "best_trial/roc" in images
-    assert {"test/roc_auc", "final/val_auc"} <= metrics
+    assert {"test/roc_auc", "best/val/auc", "best/val/sensitivity_at_threshold"} <= metrics
 
 
 def test_a_tiny_fine_tune_learns(sweep):

@@ -38,6 +38,8 @@ THRESHOLD_FREE_METRICS = (
 # leaderboard's column order
 REPORTED_METRICS = (
     "val_auc",
+    "val_auc_low",
+    "val_auc_high",
     "val_accuracy",
     "val_precision",
     "val_recall",
@@ -61,6 +63,8 @@ RANKING_METRICS = (
 )
 
 THRESHOLD_METHODS = ("youden", "sensitivity")
+# the normal quantile of a two-sided 95% interval
+Z_95 = 1.959963984540054
 # the decision threshold when the data cannot place one (a single class): an untuned classifier's
 UNTUNED_THRESHOLD = 0.5
 
@@ -144,6 +148,30 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         return float("nan")
     fpr, tpr, _ = roc_points(labels, scores)
     return float(np.trapezoid(tpr, fpr))
+
+
+def _midranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of `values`, tied values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+
+
+def auc_interval(labels: np.ndarray, scores: np.ndarray, z: float = Z_95) -> tuple[float, float]:
+    """DeLong's confidence interval for the ROC-AUC (95% by default): AUC +- z x its standard error,
+    from the variance of each image's placement among the other class (DeLong, DeLong and
+    Clarke-Pearson 1988; Sun and Xu's midrank form), clipped to [0, 1]. NaN with one class only,
+    or with a single image of a class (no variance to estimate)."""
+    labels, scores = _binary(labels), np.asarray(scores, dtype=np.float64)
+    positive, negative = scores[labels], scores[~labels]
+    m, n = len(positive), len(negative)
+    if m < 2 or n < 2:
+        return float("nan"), float("nan")
+    ranks = _midranks(np.r_[positive, negative])
+    above = (ranks[:m] - _midranks(positive)) / n  # per malignant image: the share of benign below it
+    below = 1 - (ranks[m:] - _midranks(negative)) / m  # per benign image: the share of malignant above
+    auc = float(above.mean())
+    error = float(np.sqrt(above.var(ddof=1) / m + below.var(ddof=1) / n))
+    return max(0.0, auc - z * error), min(1.0, auc + z * error)
 
 
 def pr_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -251,9 +279,11 @@ def choose_threshold(
 
 def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """An epoch's validation report (REPORTED_METRICS but the training loss): BINARY_METRICS at 0.5,
-    the log loss, and the Youden's J threshold picked on these same labels with the sensitivity and
-    specificity there (UNTUNED_THRESHOLD on a fold of one class, so that training goes on)."""
+    the AUC's 95% interval (`auc_interval`), the log loss, and the Youden's J threshold picked on
+    these same labels with the sensitivity and specificity there (UNTUNED_THRESHOLD on a fold of one
+    class, so that training goes on)."""
     metrics = {f"val_{name}": value for name, value in binary_metrics(labels, scores).items()}
+    metrics["val_auc_low"], metrics["val_auc_high"] = auc_interval(labels, scores)
     metrics["val_loss"] = log_loss(labels, scores)
     try:
         threshold = choose_threshold(labels, scores, "youden")

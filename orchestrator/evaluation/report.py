@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,42 @@ TEMPLATES = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+# the suffix `driver.prepared_dataset` gives a prepared copy's folder in the cache
+CACHE_SUFFIX = re.compile(r"-\d+px-\d+f-s\d+-[0-9a-f]{10}$")
+
+
+def short_label(dataset: str) -> str:
+    """A dataset as a reader names it: `.../prepared/isic-sample-128px-5f-s0-<hash>@0,kaggle` reads
+    `isic-sample fold 0, source kaggle`; a folder of images, by its own name."""
+    path, _, part = dataset.rstrip("/").partition("@")
+    name = CACHE_SUFFIX.sub("", Path(path).name) or path
+    fold, _, source = part.partition(",")
+    return name + (f" fold {fold}" if fold else "") + (f", source {source}" if source else "")
+
+
+def relabelled(summary: dict, scored: list) -> tuple[dict, list, dict[str, str]]:
+    """The summary and predictions with their datasets under `short_label`s (made unique), and the
+    mapping from each label to the dataset it stands for."""
+    labels: dict[str, str] = {}
+    for dataset in summary["datasets"]:
+        label = short_label(dataset)
+        labels[dataset] = label if label not in labels.values() else dataset
+    summary = {
+        **summary,
+        "datasets": {labels[k]: v for k, v in summary["datasets"].items()},
+        "metrics": {labels[k]: v for k, v in summary["metrics"].items()},
+        "threshold_origin": _replaced(summary["threshold_origin"], labels),
+    }
+    scored = [dataclasses.replace(s, name=labels.get(s.name, s.name)) for s in scored]
+    return summary, scored, {label: dataset for dataset, label in labels.items()}
+
+
+def _replaced(text: str, labels: dict[str, str]) -> str:
+    for dataset in sorted(labels, key=len, reverse=True):  # a longer name before its prefix
+        text = text.replace(dataset, labels[dataset])
+    return text
 
 
 def _label(metric: str, targets: dict) -> str:
@@ -181,15 +219,21 @@ def _pictures(out: Path, summary: dict, scored) -> Pictures:
     return pictures
 
 
-def _header(summary: dict) -> list[tuple[str, str]]:
-    sets = ", ".join(
-        f"{k}: {v['images']} images, {v['malignant']} malignant" for k, v in summary["datasets"].items()
+def _header(summary: dict, paths: dict[str, str]) -> list[tuple[str, str]]:
+    sets = "; ".join(
+        f"{k}: {v['images']} images, {v['malignant']} malignant ({paths.get(k, k)})"
+        for k, v in summary["datasets"].items()
+    )
+    origin = summary["threshold_origin"]
+    same = [k for k in summary["datasets"] if origin.startswith(f"chosen on {k} (")]
+    caveat = (
+        f"; its figures on {same[0]} are optimistic: chosen and measured on the same images" if same else ""
     )
     return [
         ("checkpoint", summary["checkpoint"]),
         ("backbone", summary["backbone"]),
         ("data", sets),
-        ("threshold", f"{summary['threshold']:.4f}, {summary['threshold_origin']}"),
+        ("threshold", f"{summary['threshold']:.4f}, {origin}{caveat}"),
         ("test-time augmentation", "flips and 90-degree rotations averaged" if summary["tta"] else "none"),
         ("intervals", f"95% stratified bootstrap, {summary['bootstrap']} resamples"),
     ]
@@ -207,27 +251,33 @@ class Section:
 
 
 def write_report(out: Path, summary: dict, scored, sections: list[Section] = ()) -> Path:
-    """Write metrics.json, predictions CSVs, PNGs, report.md and a self-contained report.html."""
+    """Write metrics.json, predictions CSVs, PNGs, report.md and a self-contained report.html; the
+    pictures and pages name each dataset by its `short_label`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     for index, s in enumerate(scored):
         frame = pd.DataFrame({"image_id": s.image_ids, "label": s.labels, "p_malignant": s.scores})
         frame.to_csv(out / f"predictions-{index + 1}.csv", index=False)
+    summary, scored, paths = relabelled(summary, scored)
     pictures = _pictures(out, summary, scored)
     for section in sections:
         if section.picture is not None:
             shutil.copy(section.picture, out / section.picture.name)
     tables = metric_tables(summary)
-    (out / "report.md").write_text(_markdown(summary, tables, pictures, sections))
-    (out / "report.html").write_text(_html(out, summary, tables, pictures, sections))
+    header = _header(summary, paths)
+    (out / "report.md").write_text(_markdown(header, tables, pictures, sections))
+    (out / "report.html").write_text(_html(out, header, tables, pictures, sections))
     return out / "report.html"
 
 
 def _markdown(
-    summary: dict, tables: dict[str, pd.DataFrame], pictures: Pictures, sections: list[Section]
+    header: list[tuple[str, str]],
+    tables: dict[str, pd.DataFrame],
+    pictures: Pictures,
+    sections: list[Section],
 ) -> str:
     lines = ["# Evaluation report", ""]
-    lines += [f"- **{key}**: {value}" for key, value in _header(summary)] + [""]
+    lines += [f"- **{key}**: {value}" for key, value in header] + [""]
     for title, table in tables.items():
         lines += [f"## {title}", "", to_markdown(table.rename_axis("metric").reset_index()), ""]
     lines += [f"![{caption}]({name})" for name, caption in pictures]
@@ -239,7 +289,11 @@ def _markdown(
 
 
 def _html(
-    out: Path, summary: dict, tables: dict[str, pd.DataFrame], pictures: Pictures, sections: list[Section]
+    out: Path,
+    header: list[tuple[str, str]],
+    tables: dict[str, pd.DataFrame],
+    pictures: Pictures,
+    sections: list[Section],
 ) -> str:
     """The page from templates/report.html.j2, every picture in `out` inlined."""
 
@@ -251,7 +305,7 @@ def _html(
         return Markup(frame.to_html(escape=True, index=index))  # pandas escapes every cell
 
     return TEMPLATES.get_template("report.html.j2").render(
-        header=[(key, str(value)) for key, value in _header(summary)],
+        header=[(key, str(value)) for key, value in header],
         tables=[(title, table(frame)) for title, frame in tables.items()],
         pictures=[figure(name, caption) for name, caption in pictures],
         sections=[

@@ -10,6 +10,7 @@ from ray.tune import ResultGrid
 
 from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
 from orchestrator.data.dataset_format import Manifest
+from orchestrator.errors import error_reason
 from orchestrator.storage import Storage
 from orchestrator.tables import to_markdown
 from trainables.checkpoint import complete_checkpoints, rank
@@ -30,8 +31,19 @@ SHOWN = [
 ]
 # what a k-fold summary averages, from each fold's final epoch
 CV_METRICS = ("val_auc", "val_recall_at_threshold", "val_specificity_at_threshold", "val_recall", "val_f1")
-# what `summary` shows beside the ranking metric, from the best checkpoint
-SUMMARY_METRICS = ("val_recall", "val_f1")
+# what `summary` shows beside the ranking metric, from the best checkpoint, and under which names:
+# the AUC's 95% interval and the operating point at the threshold picked on the validation fold
+SUMMARY_METRICS = {
+    "val_auc": "best_val_auc",
+    "val_recall_at_threshold": "sensitivity",
+    "val_specificity_at_threshold": "specificity",
+}
+AUC_INTERVAL = "auc_95%_ci"
+# under the printed leaderboard: what its operating-point columns are
+SUMMARY_NOTE = (
+    "sensitivity, specificity: at the threshold (Youden's J) picked on the validation fold itself, so "
+    "optimistic; an untouched test set measures them honestly (evaluation.test)."
+)
 
 
 def checkpoint_metas(checkpoints: Storage) -> dict[str, list[tuple[str, dict]]]:
@@ -60,9 +72,7 @@ def _status(result, epochs_run: int, epochs: int) -> tuple[str, str]:
     if failure:  # the train loop ended the trial itself, e.g. on a non-finite loss
         return "failed", str(failure)
     if result.error is not None:
-        lines = [line for line in str(result.error).splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if "Error" in line), lines[-1] if lines else "")
-        return "failed", reason.strip()[:300]
+        return "failed", error_reason(str(result.error))
     # a trial ends before its last epoch only when the scheduler stops it (a resumed sweep too)
     return ("stopped early" if epochs_run < epochs else "completed"), ""
 
@@ -173,14 +183,54 @@ def by_held_out_source(frame: pd.DataFrame, metric: str = "val_auc") -> pd.DataF
 
 
 def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
-    """The columns a reader scans first (a column whose value never changes is left out)."""
+    """The columns a reader scans first (a column whose value never changes is left out): the
+    configuration, the ranking metric and, from the same best checkpoint, the ROC-AUC with its 95%
+    interval and the operating point at the validation fold's threshold."""
     varying = ("val_fold", "validation", "color")
     shown = [c for c in SHOWN if c in frame and not (c in varying and frame[c].nunique() == 1)]
     if "validation" in shown and "val_fold" in shown:
         shown.remove("val_fold")
-    best = [f"best_{m}" for m in (metric, *SUMMARY_METRICS)]
-    columns = shown + [c for c in (*best, "best_epoch") if c in frame]
-    return frame[columns].head(top)
+    table = frame[shown].copy()
+    if metric != "val_auc" and f"best_{metric}" in frame:
+        table[f"best_{metric}"] = frame[f"best_{metric}"]
+    for reported, name in SUMMARY_METRICS.items():
+        if f"best_{reported}" in frame:
+            table[name] = frame[f"best_{reported}"]
+        if reported == "val_auc" and {"best_val_auc_low", "best_val_auc_high"} <= set(frame):
+            bounds = zip(frame["best_val_auc_low"], frame["best_val_auc_high"], strict=True)
+            table[AUC_INTERVAL] = [_interval(low, high) for low, high in bounds]
+    if "best_epoch" in frame:
+        table["best_epoch"] = frame["best_epoch"]
+    return table.head(top)
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if math.isnan(low) or math.isnan(high) else f"{low:.2f}-{high:.2f}"
+
+
+def overlap_note(frame: pd.DataFrame) -> str:
+    """Which trials the validation fold cannot tell from the one with the best ROC-AUC: those whose
+    best AUC lies inside its 95% interval (`metrics.auc_interval`). Empty without intervals."""
+    columns = ["rank", "best_val_auc", "best_val_auc_low", "best_val_auc_high"]
+    if not set(columns) <= set(frame):
+        return ""
+    scored = frame[columns].dropna()
+    if len(scored) < 2:
+        return ""
+    leader = scored.loc[scored["best_val_auc"].idxmax()]
+    low, high = leader["best_val_auc_low"], leader["best_val_auc_high"]
+    inside = scored[(scored["best_val_auc"] >= low) & (scored.index != leader.name)]
+    auc = leader["best_val_auc"]
+    where = f"trial ranked {int(leader['rank'])} (AUC {auc:.3f}, 95% CI {low:.2f}-{high:.2f})"
+    if inside.empty:
+        return f"Every other trial's AUC lies below the 95% interval of the {where}."
+    ranks = ", ".join(str(int(rank)) for rank in inside["rank"])
+    many = len(inside) > 1
+    whose = f"AUCs of the trials ranked {ranks} lie" if many else f"AUC of the trial ranked {ranks} lies"
+    return (
+        f"The {whose} inside the 95% interval of the {where}: this validation set cannot tell them "
+        "apart. More validation images narrow the intervals (cross-validation: data.val_fold: all)."
+    )
 
 
 def held_out_note(manifest: Manifest, sources: list[str]) -> str:

@@ -3,8 +3,8 @@
 Each tested trial gets its decision threshold from its own validation fold (Youden's J or a target
 sensitivity), applied unchanged to every test set. The leaderboard gains `test_*` columns with 95%
 bootstrap intervals (`test2_*` for a second set, ...); the best trial gets a full report (its
-validation fold and the test sets side by side) under `<run>/report/`; TensorBoard gets the tested
-trials' hyperparameters with their final and test metrics, and the best trial's ROC curve.
+validation fold and the test sets side by side) under `<run>/report/`; TensorBoard gets the best
+trial's ROC curve (the tested trials' metrics reach HParams with the leaderboard's).
 """
 
 from __future__ import annotations
@@ -75,20 +75,19 @@ def candidates(frame: pd.DataFrame) -> pd.DataFrame:
 def evaluate_top_trials(
     frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: Path, sections: list[Section] = ()
 ) -> pd.DataFrame:
-    """The leaderboard with test columns for its `evaluation.top` best trials. With test sets, or
-    `sections` to report (a shortcut audit, held-out sources), the best trial gets a report."""
+    """The leaderboard with test columns for its `evaluation.top` best trials (with no test set:
+    the leaderboard as it is). The best trial gets a report: its validation fold, the test sets and
+    `sections` (a shortcut audit, held-out sources)."""
     internal = [f"{prepared}@{spec.data.test_fold}"] if spec.data.test_fold is not None else []
     tests = internal + spec.evaluation.test
-    if not tests and not sections:
-        return frame
     for test in tests:
         warn_if_not_deduplicated(test, prepared)
     from orchestrator.evaluation.report import write_report
 
     frame = frame.copy()
-    tested = candidates(frame).head(spec.evaluation.top)
+    tested = candidates(frame).head(spec.evaluation.top if tests else 1)  # without tests: the report
     if tested.empty:
-        log.warning("no trial validated on folds of every source has a checkpoint: nothing to test")
+        log.warning("no trial validated on folds of every source has a checkpoint: no report, no test")
         return frame
     sources = source_names(read_manifest(prepared))
     for position, (index, row) in enumerate(tested.iterrows()):
@@ -103,9 +102,13 @@ def evaluate_top_trials(
         except StorageError:
             raise
         except Exception as err:  # this trial's test failed: say why, test the next
-            frame.loc[index, TEST_ERROR] = failure(err)
+            if tests:
+                frame.loc[index, TEST_ERROR] = failure(err)
+            else:  # only the report was asked for: the sweep itself succeeded
+                log.warning("the best trial's report was not written: %s", err, exc_info=True)
             continue
-        frame.loc[index, "test_threshold"] = summary["threshold"]
+        if tests:
+            frame.loc[index, "test_threshold"] = summary["threshold"]
         for number, test in enumerate(tests, start=1):
             prefix = "test" if number == 1 else f"test{number}"
             for group, metric in TEST_COLUMNS:
@@ -116,7 +119,7 @@ def evaluate_top_trials(
         if position == 0:
             html = write_report(run_dir / REPORT, summary, scored, sections)
             log.info("best trial's report: %s", html)
-    write_tensorboard(frame, spec, run_dir)
+    write_roc_image(run_dir)
     return frame
 
 
@@ -127,34 +130,13 @@ def failure(err: Exception) -> str:
     return why
 
 
-def write_tensorboard(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
-    """HParams sessions for the tested trials (hyperparameters, final and test metrics) and the
-    best trial's ROC curve, in `<run>/test-results`."""
+def write_roc_image(run_dir: Path) -> None:
+    """The best trial's ROC curve, for TensorBoard's Images tab, in `<run>/test-results`."""
     from PIL import Image
     from tensorboardX import SummaryWriter
 
-    keys = [key for key in spec.searched() if key in frame]  # a run resumed from an older version
-    with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
-        tested = frame[frame["test_threshold"].notna()] if "test_threshold" in frame else frame.iloc[:0]
-        for _, row in tested.iterrows():
-            hparams = {key: _plain(row[key]) for key in keys}
-            metrics = {f"final/{c.removeprefix('last_')}": row[c] for c in frame if c.startswith("last_val_")}
-            metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
-            writer.add_hparams(
-                hparams, {k: float(v) for k, v in metrics.items() if pd.notna(v)}, name=row["trial_id"]
-            )
-        roc = run_dir / REPORT / "roc.png"
-        if roc.exists():
+    roc = run_dir / REPORT / "roc.png"
+    if roc.exists():
+        with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
             image = np.asarray(Image.open(roc).convert("RGB")).transpose(2, 0, 1)
             writer.add_image("best_trial/roc", image)
-
-
-def _is_test_value(column: str) -> bool:
-    return column.startswith("test_") and not column.endswith(("_low", "_high"))
-
-
-def _plain(value):
-    """HParams takes only str, bool, int and float."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return value if isinstance(value, (str, bool, int, float)) else str(value)

@@ -1,0 +1,101 @@
+"""The sweep page, `<run>/report/sweep.html`: the leaderboard with each AUC's interval, every
+trial's validation curve, and where the scheduler stopped which trial. One self-contained page
+(its picture inlined), beside the best trial's report."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from markupsafe import Markup  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from orchestrator.config import CONFIGURATION_AXES, Spec  # noqa: E402
+from orchestrator.console import trial_label, trial_number  # noqa: E402
+from orchestrator.evaluation.report import TEMPLATES  # noqa: E402
+from orchestrator.tuning import leaderboard  # noqa: E402
+
+SWEEP_PAGE = "sweep.html"
+CURVES = "curves.png"
+ENDS = {"completed": "o", "stopped early": "x", "failed": "X"}  # how each trial's curve ends
+
+
+def rungs(spec: Spec) -> list[int]:
+    """The epochs at which ASHA compares trials (none for FIFO): the grace period times powers of
+    the reduction factor, before the last epoch."""
+    scheduler, epochs = spec.scheduler, spec.train.epochs
+    if scheduler.type != "asha":
+        return []
+    found, epoch = [], min(scheduler.grace_period, epochs)
+    while epoch < epochs:
+        found.append(epoch)
+        epoch *= scheduler.reduction_factor
+    return found
+
+
+def plot_curves(frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: Spec, path: Path) -> None:
+    """Validation ROC-AUC per epoch of every trial, each curve's end marked by how the trial ended,
+    ASHA's rungs dotted."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for _, row in frame.iterrows():
+        history = histories.get(row["trial_id"])
+        if history is None or "val_auc" not in history:
+            continue
+        points = history[["epoch", "val_auc"]].dropna()
+        if points.empty:
+            continue
+        label = f"#{trial_number(row)} {trial_label(spec, row.to_dict())}"
+        (line,) = axes.plot(points["epoch"], points["val_auc"], marker=".", label=label)
+        end = points.iloc[-1]
+        marker = ENDS.get(row["status"], "o")
+        axes.plot([end["epoch"]], [end["val_auc"]], marker=marker, markersize=9, color=line.get_color())
+    for epoch in rungs(spec):
+        axes.axvline(epoch, color="#999", linestyle=":", linewidth=1)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation ROC-AUC")
+    axes.set_xlim(0.5, spec.train.epochs + 0.5)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_sweep_page(
+    out: Path, frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: Spec, run_name: str
+) -> Path:
+    """Write `curves.png` and the self-contained `sweep.html` into `out`; return the page."""
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(frame, histories, spec, out / CURVES)
+    metric = spec.scheduler.metric
+    table = leaderboard.summary(frame, metric, top=len(frame))
+    table.insert(1, "trial", [f"#{trial_number(row)}" for _, row in frame.iterrows()])
+    fixed = [c for c in CONFIGURATION_AXES if c in table and c != "backbone" and table[c].nunique() == 1]
+    table = table.drop(columns=fixed)
+    at = rungs(spec)
+    stops = (
+        f"ASHA compared the trials on {metric} at epoch{'s' if len(at) > 1 else ''} "
+        f"{', '.join(map(str, at))} (dotted) and stopped the weaker ones there (x)."
+        if at
+        else "Every trial ran to its last epoch."
+    )
+    picture = base64.b64encode((out / CURVES).read_bytes()).decode()
+    page = TEMPLATES.get_template("sweep.html.j2").render(
+        name=run_name,
+        trials=len(frame),
+        fixed=", ".join(f"{c} {frame[c].iloc[0]}" for c in fixed),
+        epochs=spec.train.epochs,
+        notes=[note for note in (leaderboard.SUMMARY_NOTE, leaderboard.overlap_note(frame)) if note],
+        table=Markup(table.to_html(escape=True, index=False, na_rep="", float_format="{:.4g}".format)),
+        curves=f"data:image/png;base64,{picture}",
+        caption=f"Validation ROC-AUC per epoch; o: completed, x: stopped early, X: failed. {stops}",
+        report=(out / "report.html").exists(),
+    )
+    (out / SWEEP_PAGE).write_text(page)
+    return out / SWEEP_PAGE

@@ -1,0 +1,93 @@
+"""What TensorBoard shows of a sweep: each trial's curves under the project's own tags (`val/auc`,
+`train/loss`, ...), and in HParams one session per trial with its configuration, weight source,
+status and best-epoch metrics, named by leaderboard rank so that the table lists trials in the
+leaderboard's order. Ray's own counters (`ray/tune/...`: iterations, time, done flags) are not
+written."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ray.tune.logger import TBXLoggerCallback
+
+from orchestrator.config import Spec
+
+# reported metric -> tag; the threshold-dependent ones say at which threshold
+TAGS = {
+    "val_auc": "val/auc",
+    "val_auc_low": "val/auc_95ci_low",
+    "val_auc_high": "val/auc_95ci_high",
+    "val_recall_at_threshold": "val/sensitivity_at_threshold",
+    "val_specificity_at_threshold": "val/specificity_at_threshold",
+    "val_threshold": "val/threshold",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy_at_0.5",
+    "val_precision": "val/precision_at_0.5",
+    "val_recall": "val/sensitivity_at_0.5",
+    "val_specificity": "val/specificity_at_0.5",
+    "val_f1": "val/f1_at_0.5",
+    "train_loss": "train/loss",
+    "train_images_per_s": "train/images_per_s",
+}
+HPARAMS = "hparams"  # the run folder's sub-folder of leaderboard sessions
+
+
+class TrialCurves(TBXLoggerCallback):
+    """Tune's TensorBoard logger, writing only the project's metrics, under `TAGS`, per epoch, and
+    no HParams of its own (`write_hparams` writes them once the leaderboard is ranked)."""
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial not in self._trial_writer:
+            self.log_trial_start(trial)
+        epoch = result.get("epoch")
+        if epoch is None:
+            return
+        writer = self._trial_writer[trial]
+        for metric, tag in TAGS.items():
+            value = result.get(metric)
+            if isinstance(value, (int, float)) and not math.isnan(value):
+                writer.add_scalar(tag, value, global_step=int(epoch))
+        writer.flush()
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if trial in self._trial_writer:
+            self._trial_writer.pop(trial).close()
+            self._trial_result.pop(trial, None)
+
+
+def write_hparams(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
+    """One HParams session per leaderboard row in `<run>/hparams/<rank>-<trial>`: the searched keys,
+    the weight source and status; the best epoch's metrics (`best/val/auc`, ...) and any test ones
+    (`test/roc_auc`, ...)."""
+    from tensorboardX import SummaryWriter
+
+    keys = [key for key in spec.searched() if key in frame] + ["weights", "status"]
+    best = {f"best_{metric}": f"best/{tag}" for metric, tag in TAGS.items() if metric != "train_images_per_s"}
+    with SummaryWriter(str(run_dir / HPARAMS)) as writer:
+        for _, row in frame.iterrows():
+            hparams = {key: _plain(row[key]) for key in keys if key in row and pd.notna(row[key])}
+            metrics = {tag: row.get(column) for column, tag in best.items()}
+            metrics["best/epoch"] = row.get("best_epoch")
+            metrics["epochs_run"] = row.get("epochs_run")
+            metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
+            values = {tag: float(value) for tag, value in metrics.items() if _number(value)}
+            writer.add_hparams(hparams, values, name=f"{int(row['rank']):02d}-{row['trial_id']}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not math.isnan(float(value))
+
+
+def _is_test_value(column: str) -> bool:
+    return column.startswith("test_") and not column.endswith(("_low", "_high", "_error"))
+
+
+def _plain(value: Any) -> Any:
+    """HParams takes only str, bool, int and float."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value if isinstance(value, (str, bool, int, float)) else str(value)
