@@ -34,6 +34,16 @@ TAGS = {
     "train_images_per_s": "train/images_per_s",
 }
 HPARAMS = "hparams"  # the run folder's sub-folder of leaderboard sessions
+# what HParams shows of each trial's best epoch (the leaderboard's `best_` columns)
+BEST_EPOCH = (
+    "val_auc",
+    "val_auc_low",
+    "val_auc_high",
+    "val_recall_at_threshold",
+    "val_specificity_at_threshold",
+    "val_loss",
+    "train_loss",
+)
 
 
 class TrialCurves(TBXLoggerCallback):
@@ -60,22 +70,24 @@ class TrialCurves(TBXLoggerCallback):
 
 
 def write_hparams(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
-    """One HParams session per leaderboard row in `<run>/hparams/<rank>-<trial>`: the searched keys,
-    the weight source and status; the best epoch's metrics (`best/val/auc`, ...) and any test ones
-    (`test/roc_auc`, ...)."""
+    """One HParams session per leaderboard row in `<run>/hparams/<rank>-<trial>`: the grid's varying
+    keys (and the backbone), the weight source and the status; as metrics, the best epoch's values
+    under the curves' own tags (in Time Series, a dot at that epoch beside the trial's curve) and any
+    test ones (`test/roc_auc`, ...)."""
     from tensorboardX import SummaryWriter
 
-    keys = [key for key in spec.searched() if key in frame] + ["weights", "status"]
-    best = {f"best_{metric}": f"best/{tag}" for metric, tag in TAGS.items() if metric != "train_images_per_s"}
+    varying = [key for key, values in spec.searched().items() if len(values) > 1 and key in frame]
+    keys = ["backbone", *[key for key in varying if key != "backbone"], "weights", "status"]
     with SummaryWriter(str(run_dir / HPARAMS)) as writer:
         for _, row in frame.iterrows():
             hparams = {key: _plain(row[key]) for key in keys if key in row and pd.notna(row[key])}
-            metrics = {tag: row.get(column) for column, tag in best.items()}
-            metrics["best/epoch"] = row.get("best_epoch")
-            metrics["epochs_run"] = row.get("epochs_run")
+            metrics = {TAGS[metric]: row.get(f"best_{metric}") for metric in BEST_EPOCH}
             metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
             values = {tag: float(value) for tag, value in metrics.items() if _number(value)}
-            writer.add_hparams(hparams, values, name=f"{int(row['rank']):02d}-{row['trial_id']}")
+            step = int(row["best_epoch"]) if _number(row.get("best_epoch")) else None
+            writer.add_hparams(
+                hparams, values, name=f"{int(row['rank']):02d}-{row['trial_id']}", global_step=step
+            )
 
 
 def _number(value: Any) -> bool:

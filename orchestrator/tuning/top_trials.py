@@ -41,6 +41,7 @@ TEST_COLUMNS = [
 TEST_ERROR = "test_error"  # why a trial that was to be tested was not
 REPORT = "report"
 TENSORBOARD = "test-results"
+ROC_IMAGE = "val/roc_of_the_best_trial"  # beside the curves: its validation fold (and any test sets)
 
 
 def options_for(spec: Spec) -> Options:
@@ -139,4 +140,4 @@ def write_roc_image(run_dir: Path) -> None:
     if roc.exists():
         with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
             image = np.asarray(Image.open(roc).convert("RGB")).transpose(2, 0, 1)
-            writer.add_image("best_trial/roc", image)
+            writer.add_image(ROC_IMAGE, image)
