@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SPEC ?=
+ARGS ?=  # e.g. make sweep ARGS=--verbose
 
 .PHONY: sweep test lint clean
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 sweep: $(STAMP)
-	$(PY) -m orchestrator.sweep $(SPEC)
+	$(PY) -m orchestrator.sweep $(SPEC) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -44,12 +44,8 @@ def run_once(spec: Path, seed: int, storage: Path) -> dict:
 
     def best(rows: pd.DataFrame) -> dict:
         row = rows.sort_values("best_val_auc", ascending=False).iloc[0]
-        return {
-            "backbone": row["backbone"],
-            "lr": row["lr"],
-            "optimizer": row["optimizer"],
-            "auc": round(float(row["best_val_auc"]), 4),
-        }
+        shown = {key: row[key] for key in ("backbone", "lr", "optimizer") if key in row}
+        return {**shown, "auc": round(float(row["best_val_auc"]), 4)}
 
     pretrained, scratch = best(frame[~random_init]), best(frame[random_init])
     return {
@@ -59,6 +55,10 @@ def run_once(spec: Path, seed: int, storage: Path) -> dict:
         "random_init": scratch,
         "pretrained_wins": pretrained["auc"] > scratch["auc"],
     }
+
+
+def describe(best: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in best.items() if key != "auc")
 
 
 def main() -> None:
@@ -74,9 +74,8 @@ def main() -> None:
         last = runs[-1]
         pretrained, scratch = last["pretrained"], last["random_init"]
         print(
-            f"seed {seed}: pretrained {pretrained['auc']:.4f} ({pretrained['backbone']}, lr "
-            f"{pretrained['lr']}, {pretrained['optimizer']}) vs random init {scratch['auc']:.4f} "
-            f"({scratch['backbone']}, lr {scratch['lr']}, {scratch['optimizer']}); {last['seconds']} s",
+            f"seed {seed}: pretrained {pretrained['auc']:.4f} ({describe(pretrained)}) vs random init "
+            f"{scratch['auc']:.4f} ({describe(scratch)}); {last['seconds']} s",
             flush=True,
         )
     wins = sum(run["pretrained_wins"] for run in runs)

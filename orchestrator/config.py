@@ -323,6 +323,10 @@ class Spec(Strict):
             axes["val_fold"] = self.data.val_folds
         return axes
 
+    def varying(self) -> list[str]:
+        """The grid's axes with more than one value: what tells one trial from another."""
+        return [axis for axis, values in self.searched().items() if len(values) > 1]
+
     def grid(self) -> list[dict[str, Any]]:
         """All trial configurations, in a stable order; each names its val_fold and val_source."""
         searched = self.searched()
@@ -494,3 +498,16 @@ def resolve_paths(spec: Spec, base: Path) -> Spec:
             "evaluation": spec.evaluation.model_copy(update={"test": tests}),
         }
     )
+
+
+def asha_rungs(spec: Spec) -> list[int]:
+    """The epochs at which ASHA compares trials (none for FIFO), as `driver.LastEpochASHA` sets
+    Ray's milestones (grace period x reduction factor^k, max_t one past the last epoch), less the
+    last epoch, where it stops no trial. A milestone between epochs is reached at the next one."""
+    scheduler, epochs = spec.scheduler, spec.train.epochs
+    if scheduler.type != "asha":
+        return []
+    grace, factor = min(scheduler.grace_period, epochs), scheduler.reduction_factor
+    count = int(math.log((epochs + 1) / grace) / math.log(factor) + 1)
+    found = sorted({math.ceil(grace * factor**k - 1e-9) for k in range(count)})
+    return [epoch for epoch in found if epoch < epochs]

@@ -9,6 +9,7 @@ project's own code reach the console too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,10 +22,11 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
-from orchestrator.config import Spec
+from orchestrator.config import Spec, asha_rungs
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.errors import error_reason
 from orchestrator.storage import Storage
+from orchestrator.tables import interval_text
 
 SWEEP_LOG = "sweep.log"  # in the run folder: everything Ray printed while the sweep ran
 OWN_LOGGERS = ("orchestrator", "trainables")
@@ -34,33 +36,37 @@ BAR_WIDTH = 20
 @contextmanager
 def quiet_output(log_path: Path) -> Iterator[TextIO]:
     """Within: the process's stdout and stderr append to `log_path`; yields the console (what
-    stdout was), line-buffered. The project's warnings still reach the console's stderr."""
+    stdout was), line-buffered. The project's warnings in this process still reach the console's
+    stderr (a trial's own go to the log with the rest of its output)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    console = open(os.dup(saved_out), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
-    errors = open(os.dup(saved_err), "w", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
-    with open(log_path, "ab") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-    warnings = logging.StreamHandler(errors)
-    warnings.setLevel(logging.WARNING)
-    warnings.addFilter(lambda record: record.name.startswith(OWN_LOGGERS))
-    warnings.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    logging.getLogger().addHandler(warnings)
-    try:
+    with contextlib.ExitStack() as stack:
+        saved = [os.dup(1), os.dup(2)]
+        stack.callback(lambda: [os.close(fd) for fd in saved])
+        console, errors = (
+            stack.enter_context(open(os.dup(fd), "w", buffering=1, encoding="utf-8", errors="replace"))
+            for fd in saved
+        )
+        with open(log_path, "ab") as log:
+            stack.callback(_restore, saved)  # before any descriptor moves: a failed move is undone
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+        warnings = logging.StreamHandler(errors)
+        warnings.setLevel(logging.WARNING)
+        warnings.addFilter(lambda record: record.name.startswith(OWN_LOGGERS))
+        warnings.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        logging.getLogger().addHandler(warnings)
+        stack.callback(logging.getLogger().removeHandler, warnings)
         yield console
-    finally:
-        logging.getLogger().removeHandler(warnings)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved_out, 1)
-        os.dup2(saved_err, 2)
-        for stream in (console, errors):
-            stream.close()
-        os.close(saved_out)
-        os.close(saved_err)
+
+
+def _restore(saved: list[int]) -> None:
+    """Standard output and error back where they were (`saved`: duplicates of the originals)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
 
 
 def print_plan(
@@ -70,7 +76,7 @@ def print_plan(
     if resumed:
         print(f"Resuming {run.uri}: its unfinished trials go on from their last checkpoints", file=out)
     else:
-        axes = [axis for axis, values in spec.searched().items() if len(values) > 1]
+        axes = spec.varying()
         scheduler = spec.scheduler
         stops = (
             f"ASHA stops the weaker trials on {scheduler.metric} from epoch {scheduler.grace_period}"
@@ -109,9 +115,8 @@ def validation(spec: Spec, manifest: Manifest) -> str:
 def trial_label(spec: Spec, config: dict) -> str:
     """A trial's configuration in the words that tell it from the others: the grid's varying axes
     (the backbone when none varies), a random-init backbone said so."""
-    varying = [axis for axis, values in spec.searched().items() if len(values) > 1]
     parts = []
-    for axis in varying or ["backbone"]:
+    for axis in spec.varying() or ["backbone"]:
         value = config.get(axis)
         if axis == "backbone":
             parts.append(f"{value} (random init)" if spec.train.weights_for(value) == "none" else str(value))
@@ -135,14 +140,18 @@ def trial_number(trial: Any) -> int:
 class Progress(Callback):
     """A line per trial start, epoch, early stop, failure and end, each epoch's with the sweep's
     progress: epochs done of the most it can run (every trial to its last epoch, less what early
-    stops saved), time taken, and the time left at most, at the pace of the epochs so far."""
+    stops saved), time taken, and an estimate of the time left if every remaining epoch runs, at
+    the pace of this session's epochs after the first (shown from the third)."""
 
     def __init__(self, spec: Spec, out: TextIO) -> None:
         self.out, self.spec = out, spec
         self.epochs = spec.train.epochs
         self.trials = len(spec.grid())
+        self.rungs = set(asha_rungs(spec))
+        self.seen = False  # the first callback counts what a resumed run had done before
         self.started = time.monotonic()
         self.first_epoch: float | None = None  # when the first epoch ended (the estimate starts there)
+        self.reported = 0  # epochs reported in this session (the pace of the estimate)
         self.done = 0  # epochs reported in this session
         self.saved = 0  # epochs that trials stopped early will not run
         self.last_epoch: dict[str, int] = {}
@@ -153,22 +162,36 @@ class Progress(Callback):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, out=sys.stdout)
 
+    def count_earlier(self, trials: list) -> None:
+        """A resumed run: the epochs its trials ran before, and those its ended trials will not."""
+        if self.seen:
+            return
+        self.seen = True
+        for trial in trials:
+            ran = int((trial.last_result or {}).get("epoch") or 0)
+            self.last_epoch[trial.trial_id] = ran
+            self.done += ran
+            if trial.status in ("TERMINATED", "ERROR"):
+                self.saved += self.epochs - ran
+
     def say(self, trial: Any, text: str) -> None:
         print(f"#{trial_number(trial)}/{self.trials} {text}", file=self.out, flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.count_earlier(trials)
         self.say(trial, f"started: {trial_label(self.spec, trial.config or {})}")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         epoch = result.get("epoch")
         if epoch is None or result.get("failure"):
             return
-        self.done += 1
+        self.done += max(1, int(epoch) - self.last_epoch.get(trial.trial_id, int(epoch) - 1))
         self.last_epoch[trial.trial_id] = int(epoch)
+        self.reported += 1
         if self.first_epoch is None:
             self.first_epoch = time.monotonic()
         auc, low, high = (result.get(key, math.nan) for key in ("val_auc", "val_auc_low", "val_auc_high"))
-        interval = f" (95% CI {low:.2f}-{high:.2f})" if not (math.isnan(low) or math.isnan(high)) else ""
+        interval = f" (95% CI {ci})" if (ci := interval_text(low, high)) else ""
         speed = result.get("train_images_per_s")
         rate = f", {speed:.0f} img/s" if speed else ""
         self.say(trial, f"epoch {epoch}/{self.epochs}: val AUC {auc:.3f}{interval}{rate}  {self.bar()}")
@@ -180,27 +203,37 @@ class Progress(Callback):
         elapsed = now - self.started
         # the time an epoch takes, from those after the first (which waits for Ray to start)
         since = now - self.first_epoch if self.first_epoch is not None else 0.0
-        left = since / (self.done - 1) * (most - self.done) if self.done > 1 else math.nan
-        estimate = f", up to ~{clock(left)} left" if self.done < most and not math.isnan(left) else ""
+        left = since / (self.reported - 1) * (most - self.done) if self.reported > 2 else math.nan
+        estimate = f", at most ~{clock(left)} left" if self.done < most and not math.isnan(left) else ""
         bar = "#" * filled + "." * (BAR_WIDTH - filled)
         return f"[{bar}] {self.done}/{most} epochs, {clock(elapsed)}{estimate}"
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        if result.get("failure"):
-            self.say(trial, f"failed: {result['failure']}")
-            return
         ran = self.last_epoch.get(trial.trial_id, int(result.get("epoch", 0) or 0))
-        if ran < self.epochs:
-            self.saved += self.epochs - ran
-            self.say(trial, f"stopped early by the scheduler after epoch {ran}")
-        else:
+        self.saved += self.epochs - ran
+        if result.get("failure"):
+            self.say(trial, f"failed after epoch {ran}: {result['failure']}")
+        elif ran >= self.epochs:
             self.say(trial, "finished")
+        elif ran in self.rungs:  # ASHA compares trials at these epochs, and stops them only there
+            self.say(trial, f"stopped early by the scheduler at epoch {ran}")
+        else:  # a trial Tune stopped as the sweep ended (Ctrl-C)
+            self.say(trial, f"stopped after epoch {ran}: the sweep was interrupted")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.say(trial, f"failed, restarting from its last checkpoint: {error_reason(trial.get_error())}")
+        self.say(trial, f"failed, restarting from its last checkpoint: {why_it_failed(trial)}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         ran = self.last_epoch.get(trial.trial_id, 0)
         self.saved += self.epochs - ran
-        self.say(trial, f"failed after epoch {ran}: {error_reason(trial.get_error())}")
+        self.say(trial, f"failed after epoch {ran}: {why_it_failed(trial)}")
+
+
+def why_it_failed(trial: Any) -> str:
+    """The reason in a failed trial's error file; never raises (the file is in the run's storage,
+    which may be what failed)."""
+    try:
+        return error_reason(trial.get_error())
+    except Exception as err:
+        return f"its error could not be read ({type(err).__name__}: {err}); see the run's log"

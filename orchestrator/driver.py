@@ -49,7 +49,14 @@ from orchestrator.storage import (
 )
 from orchestrator.tuning import leaderboard
 from orchestrator.tuning.tensorboard import TrialCurves, write_hparams
-from orchestrator.tuning.top_trials import REPORT, TEST_ERROR, candidates, evaluate_top_trials, failure
+from orchestrator.tuning.top_trials import (
+    REPORT,
+    TEST_ERROR,
+    candidates,
+    evaluate_top_trials,
+    failure,
+    has_tests,
+)
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import input_config
 
@@ -193,8 +200,8 @@ def concurrent_trials(spec: Spec) -> int:
 
 
 def param_space(spec: Spec) -> dict[str, Any]:
-    """Every searchable key as a grid axis, fixed ones with a single value, so that TensorBoard's
-    HParams table shows the whole configuration of each trial. With held-out sources the validation
+    """Every searchable key as a grid axis, fixed ones with a single value, so that each trial's
+    configuration (params.json, the leaderboard) is whole. With held-out sources the validation
     split is one axis (`validation`: folds and sources), and val_fold / val_source follow from it."""
     space: dict[str, Any] = {key: tune.grid_search(values) for key, values in spec.searched().items()}
     if "validation" in space:
@@ -338,7 +345,7 @@ def tune_and_publish(
             trainable = trial_runner(spec, shared, manifest, run)
             if resume:
                 tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
-                # the restored run's configuration has no callbacks (they are not saved with it)
+                # this session's callbacks, not the saved ones (the console is not saved with them)
                 tuner._local_tuner.get_run_config().callbacks = [progress, TrialCurves()]
                 log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
             else:
@@ -348,7 +355,10 @@ def tune_and_publish(
             frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
             frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
             histories = {Path(result.path).name: result.metrics_dataframe for result in results}
-            write_sweep_page(local_dir / REPORT, frame, histories, spec, run_name)
+            try:
+                write_sweep_page(local_dir / REPORT, frame, histories, spec, run_name)
+            except Exception as err:  # the leaderboard is published: the page is a view of it
+                log.warning("the sweep's page was not written: %s", err, exc_info=True)
             if run.remote:
                 run.upload(local_dir / REPORT, REPORT)
             return frame
@@ -398,7 +408,12 @@ def finish(
     held_out = held_out_table(spec, frame, manifest)
     publish(frame, spec, local_dir, run, held_out)
     frame = tested(frame, spec, prepared, shared, local_dir, held_out)
-    write_hparams(frame, spec, local_dir)
+    try:
+        write_hparams(frame, spec, local_dir, run)
+    except StorageError:
+        raise
+    except Exception as err:  # the leaderboard is published: HParams is a view of it
+        log.warning("TensorBoard's HParams were not written: %s", err, exc_info=True)
     publish(frame, spec, local_dir, run, held_out)
     return frame
 
@@ -406,14 +421,19 @@ def finish(
 def tested(
     frame: Any, spec: Spec, prepared: Path, shared: str, local_dir: Path, held_out: tuple[Any, str] | None
 ) -> Any:
-    """The leaderboard with its best trials tested, or with `test_error` where that failed."""
+    """The leaderboard with its best trials tested, or with `test_error` where that failed (with no
+    test set, the best trial's report alone: a failure is a warning)."""
     try:
         if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
             prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
         return evaluate_top_trials(frame, spec, prepared, local_dir, report_sections(held_out, local_dir))
     except StorageError:
         raise
-    except Exception as err:  # the leaderboard is published: say why the tests failed, keep the run
+    except Exception as err:
+        if not has_tests(spec):
+            log.warning("the best trial's report was not written: %s", err, exc_info=True)
+            return frame
+        # the leaderboard is published: say why the tests failed, keep the run
         frame = frame.copy()
         frame.loc[candidates(frame).head(spec.evaluation.top).index, TEST_ERROR] = failure(err)
         return frame
@@ -509,9 +529,8 @@ def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
     where = f"{spec.storage}/{run_dir.name}"
     print(f"\nLeaderboard ({metric}, best first) - full table: {where}/{LEADERBOARD}.md\n")
     print(leaderboard.to_markdown(leaderboard.summary(frame, metric)))
-    for note in (leaderboard.SUMMARY_NOTE, leaderboard.overlap_note(frame)):
-        if note:
-            print(textwrap.fill(note, width=NOTE_WIDTH))
+    for note in leaderboard.notes(frame):
+        print(textwrap.fill(note, width=NOTE_WIDTH))
     if len(spec.data.val_folds) > 1:
         cv = leaderboard.by_configuration(frame, metric, spec.scheduler.resolved_mode)
         print(f"\nCross-validation over folds {spec.data.val_folds} (final epoch, mean and std):\n")
@@ -525,6 +544,10 @@ def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
             print(f"{what}: {where}/{REPORT}/{page}")
     if (run_dir / SWEEP_LOG).exists():
         print(f"Ray's output: {where}/{SWEEP_LOG}")
+    unfinished = int((frame["status"] == leaderboard.UNFINISHED).sum())
+    if unfinished:
+        print(f"\nThe sweep was interrupted: {unfinished} trials are unfinished. Finish them with:")
+        print(f"python -m orchestrator.sweep --resume {where}")
     failed = int((frame["status"] == "failed").sum())
     if failed == len(frame):
         print("every trial failed; see the 'error' column of the leaderboard")

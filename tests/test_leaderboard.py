@@ -94,14 +94,25 @@ def test_the_summary_shows_each_aucs_interval_and_the_folds_operating_point():
     assert list(table["sensitivity"]) == [0.9, 0.7] and list(table["specificity"]) == [0.6, 0.8]
 
 
-def test_the_note_names_the_trials_the_validation_set_cannot_tell_apart():
+def test_the_note_names_the_trials_within_the_leaders_interval_on_the_same_images():
     close = ranked([(0.85, 0.75, 0.95), (0.80, 0.70, 0.90), (0.76, 0.65, 0.86), (0.70, 0.60, 0.80)])
     note = overlap_note(close)
-    assert "trials ranked 2, 3 lie inside the 95% interval of the trial ranked 1" in note
-    assert "(AUC 0.850, 95% CI 0.75-0.95)" in note
+    assert "AUCs of the trials ranked 2, 3 lie inside the 95% interval of the trial ranked 1" in note
+    assert "(AUC 0.850, 95% CI 0.75-0.95)" in note and "not a test" in note
     one = overlap_note(close.iloc[[0, 1, 3]])
     assert "AUC of the trial ranked 2 lies inside" in one
+    assert "data.val_fold: all" in one  # one validation fold: more images would narrow the intervals
     apart = overlap_note(ranked([(0.95, 0.9, 1.0), (0.8, 0.7, 0.9)]))
-    assert apart.startswith("Every other trial's AUC lies below the 95% interval of the trial ranked 1")
+    assert apart.startswith("Every other trial's AUC on the same images lies below the 95% interval")
     assert overlap_note(ranked([(0.9, float("nan"), float("nan")), (0.8, 0.7, 0.9)])) == ""  # one scored
     assert overlap_note(pd.DataFrame({"rank": [1], "best_val_auc": [0.9]})) == ""  # older runs: no interval
+
+
+def test_trials_validated_on_other_images_are_not_compared():
+    # cross-validation: each fold's trials are scored on other images; the leader's fold alone counts
+    folds = ranked([(0.85, 0.75, 0.95), (0.84, 0.74, 0.94), (0.80, 0.70, 0.90)], val_fold=[0, 1, 0])
+    note = overlap_note(folds)
+    assert "AUC of the trial ranked 3 lies inside" in note and "ranked 2" not in note
+    assert "data.val_fold: all" not in note  # cross-validation already
+    alone = ranked([(0.85, 0.75, 0.95), (0.84, 0.74, 0.94)], val_fold=[0, 1])
+    assert overlap_note(alone) == ""  # nothing else on the leader's images

@@ -1,5 +1,6 @@
 """The report's page (a Jinja2 template, autoescaped) and the metric names every reader shares."""
 
+import math
 import re
 import typing
 
@@ -63,6 +64,8 @@ def test_datasets_are_named_by_short_labels_and_a_threshold_chosen_on_them_is_ca
     assert short_label(f"{cache}@0") == "isic-sample fold 0"
     assert short_label(f"{cache}@2,kaggle") == "isic-sample fold 2, source kaggle"
     assert short_label("/data/isic2017-test/") == "isic2017-test"
+    against = "/p/prepared/isic2017-224px-against-kaggle-224px-5f-s0-0123456789-abcdef0123@2"
+    assert short_label(against) == "isic2017 fold 2"  # a test set prepared against the training data
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 40)
     scores = np.clip(rng.normal(0.35 + 0.3 * labels, 0.2), 0, 1)
@@ -87,3 +90,24 @@ def test_datasets_are_named_by_short_labels_and_a_threshold_chosen_on_them_is_ca
         in page
     )
     assert "Confusion matrix, isic-sample fold 0" in page
+
+
+def test_the_rungs_are_where_rays_asha_compares_trials_before_the_last_epoch():
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from orchestrator.config import asha_rungs, parse_spec
+    from tests.helpers import spec_dict
+
+    for epochs, grace, factor in ((6, 2, 2), (10, 1, 3), (8, 2, 2), (10, 1, 2.5), (3, 1, 4), (1, 1, 2)):
+        spec = parse_spec(
+            spec_dict(
+                train={"epochs": epochs},
+                scheduler={"type": "asha", "grace_period": grace, "reduction_factor": factor},
+            )
+        )
+        # Ray's own milestones, as LastEpochASHA sets them (max_t one past the last epoch)
+        milestones = [m for m, _ in _Bracket(min(grace, epochs), epochs + 1, factor, 0)._rungs]
+        expected = sorted({math.ceil(m) for m in milestones if math.ceil(m) < epochs})
+        assert asha_rungs(spec) == expected, (epochs, grace, factor)
+    assert asha_rungs(parse_spec(spec_dict(train={"epochs": 6}, scheduler={"type": "asha"}))) != []
+    assert asha_rungs(parse_spec(spec_dict(train={"epochs": 6}, scheduler={"type": "fifo"}))) == []

@@ -55,8 +55,9 @@ TEMPLATES = Environment(
 )
 
 
-# the suffix `driver.prepared_dataset` gives a prepared copy's folder in the cache
-CACHE_SUFFIX = re.compile(r"-\d+px-\d+f-s\d+-[0-9a-f]{10}$")
+# the suffixes the driver gives a prepared copy's folder in the cache: a source's
+# (`prepared_dataset`) and a test set's prepared against the training data (`test_dataset`)
+CACHE_SUFFIX = re.compile(r"-\d+px-(\d+f-s\d+|against-.+)-[0-9a-f]{10}$")
 
 
 def short_label(dataset: str) -> str:

@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from markupsafe import Markup  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from orchestrator.config import CONFIGURATION_AXES, Spec  # noqa: E402
+from orchestrator.config import CONFIGURATION_AXES, Spec, asha_rungs  # noqa: E402
 from orchestrator.console import trial_label, trial_number  # noqa: E402
 from orchestrator.evaluation.report import TEMPLATES  # noqa: E402
 from orchestrator.tuning import leaderboard  # noqa: E402
@@ -23,19 +23,6 @@ from orchestrator.tuning import leaderboard  # noqa: E402
 SWEEP_PAGE = "sweep.html"
 CURVES = "curves.png"
 ENDS = {"completed": "o", "stopped early": "x", "failed": "X"}  # how each trial's curve ends
-
-
-def rungs(spec: Spec) -> list[int]:
-    """The epochs at which ASHA compares trials (none for FIFO): the grace period times powers of
-    the reduction factor, before the last epoch."""
-    scheduler, epochs = spec.scheduler, spec.train.epochs
-    if scheduler.type != "asha":
-        return []
-    found, epoch = [], min(scheduler.grace_period, epochs)
-    while epoch < epochs:
-        found.append(epoch)
-        epoch *= scheduler.reduction_factor
-    return found
 
 
 def plot_curves(frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: Spec, path: Path) -> None:
@@ -54,7 +41,7 @@ def plot_curves(frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: S
         end = points.iloc[-1]
         marker = ENDS.get(row["status"], "o")
         axes.plot([end["epoch"]], [end["val_auc"]], marker=marker, markersize=9, color=line.get_color())
-    for epoch in rungs(spec):
+    for epoch in asha_rungs(spec):
         axes.axvline(epoch, color="#999", linestyle=":", linewidth=1)
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation ROC-AUC")
@@ -78,7 +65,7 @@ def write_sweep_page(
     table.insert(1, "trial", [f"#{trial_number(row)}" for _, row in frame.iterrows()])
     fixed = [c for c in CONFIGURATION_AXES if c in table and c != "backbone" and table[c].nunique() == 1]
     table = table.drop(columns=fixed)
-    at = rungs(spec)
+    at = asha_rungs(spec)
     stops = (
         f"ASHA compared the trials on {metric} at epoch{'s' if len(at) > 1 else ''} "
         f"{', '.join(map(str, at))} (dotted) and stopped the weaker ones there (x)."
@@ -91,7 +78,7 @@ def write_sweep_page(
         trials=len(frame),
         fixed=", ".join(f"{c} {frame[c].iloc[0]}" for c in fixed),
         epochs=spec.train.epochs,
-        notes=[note for note in (leaderboard.SUMMARY_NOTE, leaderboard.overlap_note(frame)) if note],
+        notes=leaderboard.notes(frame),
         table=Markup(table.to_html(escape=True, index=False, na_rep="", float_format="{:.4g}".format)),
         curves=f"data:image/png;base64,{picture}",
         caption=f"Validation ROC-AUC per epoch; o: completed, x: stopped early, X: failed. {stops}",

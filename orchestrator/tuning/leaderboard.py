@@ -8,14 +8,15 @@ from pathlib import Path
 import pandas as pd
 from ray.tune import ResultGrid
 
-from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, split_of
+from orchestrator.config import CONFIGURATION_AXES, IN_SOURCE, Spec, asha_rungs, split_of
 from orchestrator.data.dataset_format import Manifest
 from orchestrator.errors import error_reason
 from orchestrator.storage import Storage
-from orchestrator.tables import to_markdown
+from orchestrator.tables import interval_text, to_markdown
 from trainables.checkpoint import complete_checkpoints, rank
 from trainables.metrics import REPORTED_METRICS
 
+UNFINISHED = "unfinished"  # the status of a trial cut short by an interrupted sweep
 SHOWN = [
     "rank",
     "backbone",
@@ -41,8 +42,9 @@ SUMMARY_METRICS = {
 AUC_INTERVAL = "auc_95%_ci"
 # under the printed leaderboard: what its operating-point columns are
 SUMMARY_NOTE = (
-    "sensitivity, specificity: at the threshold (Youden's J) picked on the validation fold itself, so "
-    "optimistic; an untouched test set measures them honestly (evaluation.test)."
+    "Every figure is the trial's best epoch on its validation images, picked on those same images, "
+    "so optimistic; sensitivity and specificity are at the threshold (Youden's J) picked there too. "
+    "An untouched test set measures them honestly (evaluation.test)."
 )
 
 
@@ -67,14 +69,17 @@ def best_checkpoint(kept: list[tuple[str, dict]], metric: str, mode: str) -> tup
     return max(scored, key=lambda found: (rank(found[1], metric, mode), found[0]))  # then: a fixed order
 
 
-def _status(result, epochs_run: int, epochs: int) -> tuple[str, str]:
+def _status(result, epochs_run: int, spec: Spec) -> tuple[str, str]:
     failure = (result.metrics or {}).get("failure")
     if failure:  # the train loop ended the trial itself, e.g. on a non-finite loss
         return "failed", str(failure)
     if result.error is not None:
         return "failed", error_reason(str(result.error))
-    # a trial ends before its last epoch only when the scheduler stops it (a resumed sweep too)
-    return ("stopped early" if epochs_run < epochs else "completed"), ""
+    if epochs_run >= spec.train.epochs:
+        return "completed", ""
+    # ASHA stops a trial only where it compares trials; one that ended elsewhere was cut short (the
+    # sweep was interrupted): --resume finishes it
+    return ("stopped early" if epochs_run in asha_rungs(spec) else UNFINISHED), ""
 
 
 def _epochs_completed(history: pd.DataFrame | None) -> int:
@@ -93,7 +98,7 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
         trial_id = Path(result.path).name
         history = result.metrics_dataframe
         epochs_run = _epochs_completed(history)
-        status, error = _status(result, epochs_run, spec.train.epochs)
+        status, error = _status(result, epochs_run, spec)
         config = result.config or {}  # None for a trial whose actor died before it started
         weights = spec.train.weights_for(config["backbone"]) if config else None
         row = {
@@ -198,39 +203,50 @@ def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
             table[name] = frame[f"best_{reported}"]
         if reported == "val_auc" and {"best_val_auc_low", "best_val_auc_high"} <= set(frame):
             bounds = zip(frame["best_val_auc_low"], frame["best_val_auc_high"], strict=True)
-            table[AUC_INTERVAL] = [_interval(low, high) for low, high in bounds]
+            table[AUC_INTERVAL] = [interval_text(low, high) for low, high in bounds]
     if "best_epoch" in frame:
         table["best_epoch"] = frame["best_epoch"]
     return table.head(top)
 
 
-def _interval(low: float, high: float) -> str:
-    return "" if math.isnan(low) or math.isnan(high) else f"{low:.2f}-{high:.2f}"
-
-
 def overlap_note(frame: pd.DataFrame) -> str:
-    """Which trials the validation fold cannot tell from the one with the best ROC-AUC: those whose
-    best AUC lies inside its 95% interval (`metrics.auc_interval`). Empty without intervals."""
+    """Which trials validated on the same images as the one with the best ROC-AUC score inside its
+    95% interval (`metrics.auc_interval`): differences of that size are within the noise of those
+    images. A rule of thumb, not a test. Empty without intervals."""
     columns = ["rank", "best_val_auc", "best_val_auc_low", "best_val_auc_high"]
     if not set(columns) <= set(frame):
         return ""
-    scored = frame[columns].dropna()
-    if len(scored) < 2:
+    split = [c for c in ("val_fold", "val_source") if c in frame]
+    scored = frame.dropna(subset=columns[1:])
+    if scored.empty:
         return ""
     leader = scored.loc[scored["best_val_auc"].idxmax()]
+    same = scored[(scored[split] == leader[split]).all(axis=1)] if split else scored  # same images
     low, high = leader["best_val_auc_low"], leader["best_val_auc_high"]
-    inside = scored[(scored["best_val_auc"] >= low) & (scored.index != leader.name)]
-    auc = leader["best_val_auc"]
-    where = f"trial ranked {int(leader['rank'])} (AUC {auc:.3f}, 95% CI {low:.2f}-{high:.2f})"
+    inside = same[(same["best_val_auc"] >= low) & (same.index != leader.name)]
+    if len(same) < 2:
+        return ""
+    where = (
+        f"trial ranked {int(leader['rank'])} (AUC {leader['best_val_auc']:.3f}, "
+        f"95% CI {interval_text(low, high)})"
+    )
     if inside.empty:
-        return f"Every other trial's AUC lies below the 95% interval of the {where}."
+        return f"Every other trial's AUC on the same images lies below the 95% interval of the {where}."
     ranks = ", ".join(str(int(rank)) for rank in inside["rank"])
     many = len(inside) > 1
     whose = f"AUCs of the trials ranked {ranks} lie" if many else f"AUC of the trial ranked {ranks} lies"
+    one_fold = all(frame[c].nunique(dropna=False) == 1 for c in split) and not leader.get("val_source")
+    advice = " More validation images narrow the intervals (cross-validation: data.val_fold: all)."
+    advice = advice if one_fold else ""
     return (
-        f"The {whose} inside the 95% interval of the {where}: this validation set cannot tell them "
-        "apart. More validation images narrow the intervals (cross-validation: data.val_fold: all)."
+        f"The {whose} inside the 95% interval of the {where}: differences this small are within the "
+        f"noise of these validation images (a rule of thumb, not a test).{advice}"
     )
+
+
+def notes(frame: pd.DataFrame) -> list[str]:
+    """What the printed leaderboard and the sweep page say under it."""
+    return [note for note in (SUMMARY_NOTE, overlap_note(frame)) if note]
 
 
 def held_out_note(manifest: Manifest, sources: list[str]) -> str:

@@ -7,6 +7,7 @@ written."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pandas as pd
 from ray.tune.logger import TBXLoggerCallback
 
 from orchestrator.config import Spec
+from orchestrator.storage import Storage
 
 # reported metric -> tag; the threshold-dependent ones say at which threshold
 TAGS = {
@@ -59,8 +61,8 @@ class TrialCurves(TBXLoggerCallback):
         writer = self._trial_writer[trial]
         for metric, tag in TAGS.items():
             value = result.get(metric)
-            if isinstance(value, (int, float)) and not math.isnan(value):
-                writer.add_scalar(tag, value, global_step=int(epoch))
+            if _number(value):
+                writer.add_scalar(tag, float(value), global_step=int(epoch))
         writer.flush()
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
@@ -69,29 +71,33 @@ class TrialCurves(TBXLoggerCallback):
             self._trial_result.pop(trial, None)
 
 
-def write_hparams(frame: pd.DataFrame, spec: Spec, run_dir: Path) -> None:
+def write_hparams(frame: pd.DataFrame, spec: Spec, run_dir: Path, run: Storage | None = None) -> None:
     """One HParams session per leaderboard row in `<run>/hparams/<rank>-<trial>`: the grid's varying
     keys (and the backbone), the weight source and the status; as metrics, the best epoch's values
     under the curves' own tags (in Time Series, a dot at that epoch beside the trial's curve) and any
-    test ones (`test/roc_auc`, ...)."""
+    test ones (`test/roc_auc`, ...). Sessions written before (a run finished again after --resume,
+    its ranks changed) are removed first, here and in the run's remote storage `run`."""
     from tensorboardX import SummaryWriter
 
-    varying = [key for key, values in spec.searched().items() if len(values) > 1 and key in frame]
-    keys = ["backbone", *[key for key in varying if key != "backbone"], "weights", "status"]
+    shutil.rmtree(run_dir / HPARAMS, ignore_errors=True)
+    if run is not None and run.remote:
+        run.delete_folder(HPARAMS)
+    varying = [key for key in spec.varying() if key != "backbone" and key in frame]
+    keys = ["backbone", *varying, "weights", "status"]
     with SummaryWriter(str(run_dir / HPARAMS)) as writer:
-        for _, row in frame.iterrows():
+        for position, (_, row) in enumerate(frame.iterrows(), start=1):
             hparams = {key: _plain(row[key]) for key in keys if key in row and pd.notna(row[key])}
             metrics = {TAGS[metric]: row.get(f"best_{metric}") for metric in BEST_EPOCH}
             metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
             values = {tag: float(value) for tag, value in metrics.items() if _number(value)}
             step = int(row["best_epoch"]) if _number(row.get("best_epoch")) else None
-            writer.add_hparams(
-                hparams, values, name=f"{int(row['rank']):02d}-{row['trial_id']}", global_step=step
-            )
+            name = f"{int(row.get('rank', position)):02d}-{row['trial_id']}"
+            writer.add_hparams(hparams, values, name=name, global_step=step)
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.number)) and not math.isnan(float(value))
+    real = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    return real and not math.isnan(value)
 
 
 def _is_test_value(column: str) -> bool:

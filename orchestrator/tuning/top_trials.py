@@ -65,6 +65,11 @@ def warn_if_not_deduplicated(test: str, prepared: Path) -> None:
         )
 
 
+def has_tests(spec: Spec) -> bool:
+    """Whether the spec asks for test sets (the internal test fold or `evaluation.test`)."""
+    return spec.data.test_fold is not None or bool(spec.evaluation.test)
+
+
 def candidates(frame: pd.DataFrame) -> pd.DataFrame:
     """Trials with a checkpoint validated on folds of every source, best first. A held-out source's
     trials are left out: their best epoch and threshold were chosen on that source, so testing them
