@@ -89,14 +89,23 @@ def test_node_removed_mid_sweep_its_trials_resume_elsewhere(tmp_path, without_lo
     final = next(meta for meta in hit if meta["metrics"]["epoch"] == 3)
     assert final["resumed_after_epoch"] == seen["after_epoch"], (seen, hit)
     assert final["node_id"] != seen["node"]
-    repeated = 0
+    retrained = 0
     for trial in frame["trial_id"]:
-        epochs = [
-            json.loads(line)["epoch"] for line in (run_dir / trial / "result.json").read_text().splitlines()
-        ]
-        assert 3 in epochs
-        repeated += len(epochs) - len(set(epochs))
-    assert repeated == 0  # no epoch reported twice
+        reports = [json.loads(line) for line in (run_dir / trial / "result.json").read_text().splitlines()]
+        assert 3 in [report["epoch"] for report in reports]
+        by_epoch: dict[int, list[dict]] = {}
+        for report in reports:
+            by_epoch.setdefault(report["epoch"], []).append(report)
+        # no epoch trained twice. An epoch may be reported twice when the node went away between
+        # Tune taking its result and registering its checkpoint: the restarted trial reports that
+        # checkpoint's stored metrics again, the same numbers (a retrained epoch measures its own speed)
+        for again in by_epoch.values():
+            retrained += sum(
+                (r["train_images_per_s"], r["val_auc"])
+                != (again[0]["train_images_per_s"], again[0]["val_auc"])
+                for r in again[1:]
+            )
+    assert retrained == 0
     print(
         f"removed node {seen['node'][:8]} at {seen['at']} while trial {seen['trial']} was in epoch "
         f"{seen['after_epoch'] + 1}; it resumed after epoch {final['resumed_after_epoch']} on node "
