@@ -152,7 +152,7 @@ class Progress(Callback):
         self.started = time.monotonic()
         self.first_epoch: float | None = None  # when the first epoch ended (the estimate starts there)
         self.reported = 0  # epochs reported in this session (the pace of the estimate)
-        self.done = 0  # epochs reported in this session
+        self.done = 0  # epochs the trials ran (a resumed run: before it too)
         self.saved = 0  # epochs that trials stopped early will not run
         self.last_epoch: dict[str, int] = {}
 
