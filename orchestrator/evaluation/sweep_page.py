@@ -19,10 +19,13 @@ from orchestrator.config import CONFIGURATION_AXES, Spec, asha_rungs  # noqa: E4
 from orchestrator.console import trial_label, trial_number  # noqa: E402
 from orchestrator.evaluation.report import TEMPLATES  # noqa: E402
 from orchestrator.tuning import leaderboard  # noqa: E402
+from orchestrator.tuning.leaderboard import UNFINISHED  # noqa: E402
 
 SWEEP_PAGE = "sweep.html"
 CURVES = "curves.png"
-ENDS = {"completed": "o", "stopped early": "x", "failed": "X"}  # how each trial's curve ends
+# how each trial's curve ends, by its leaderboard status
+ENDS = {"completed": "o", "stopped early": "x", "failed": "X", UNFINISHED: "s"}
+MARKERS = "o: completed, x: stopped early, X: failed, square: unfinished"
 
 
 def plot_curves(frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: Spec, path: Path) -> None:
@@ -81,7 +84,7 @@ def write_sweep_page(
         notes=leaderboard.notes(frame),
         table=Markup(table.to_html(escape=True, index=False, na_rep="", float_format="{:.4g}".format)),
         curves=f"data:image/png;base64,{picture}",
-        caption=f"Validation ROC-AUC per epoch; o: completed, x: stopped early, X: failed. {stops}",
+        caption=f"Validation ROC-AUC per epoch; {MARKERS}. {stops}",
         report=(out / "report.html").exists(),
     )
     (out / SWEEP_PAGE).write_text(page)
