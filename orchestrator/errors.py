@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 from trainables.errors import UserError
 
-__all__ = ["UserError", "command", "error_reason", "run_cli"]
+__all__ = ["UserError", "command", "error_reason", "leave", "run_cli"]
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
@@ -18,11 +22,25 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         code = main(argv)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        leave(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)
+    leave(code or 0)
+
+
+def leave(code: int) -> NoReturn:
+    """Exit with `code` once the command's threads, exit handlers and output are done, without
+    tearing the interpreter down: with torch, Ray and pandas loaded, freeing every module and object
+    takes 2 to 3 s, and the operating system frees them at once."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # Ray's shutdown, writers' flushes: what a normal exit runs first
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def command(main: Callable[[list[str] | None], int | None]) -> Callable[[], None]:
