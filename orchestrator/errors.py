@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import sys
@@ -39,7 +40,8 @@ def leave(code: int) -> NoReturn:
     atexit._run_exitfuncs()  # Ray's shutdown, writers' flushes: what a normal exit runs first
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        with contextlib.suppress(OSError, ValueError):  # a reader that went away, a closed stream
+            stream.flush()
     os._exit(code)
 
 
