@@ -17,7 +17,8 @@ __all__ = ["UserError", "command", "error_reason", "leave", "run_cli"]
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI entry point; a UserError becomes `error: ...` on stderr and exit status 2."""
+    """Run a CLI entry point, then end the process (`leave`, which a caller cannot catch); a
+    UserError becomes `error: ...` on stderr and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = main(argv)
@@ -34,9 +35,7 @@ def leave(code: int) -> NoReturn:
     """Exit with `code` once the command's threads, exit handlers and output are done, without
     tearing the interpreter down: with torch, Ray and pandas loaded, freeing every module and object
     takes 2 to 3 s, and the operating system frees them at once."""
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    threading._shutdown()  # what a normal exit runs first: thread pools' exit hooks, then joins
     atexit._run_exitfuncs()  # Ray's shutdown, writers' flushes: what a normal exit runs first
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

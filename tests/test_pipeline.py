@@ -1,18 +1,22 @@
+import shutil
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.data import pipeline
-from orchestrator.data.dataset_format import read_manifest
+from orchestrator.data.dataset_format import SHARDS, read_manifest
 from orchestrator.data.pipeline import (
     Oversample,
     build_datasets,
     class_weights,
     oversample_factors,
+    shard_files,
     shared_rows,
     train_class_counts,
 )
+from trainables.errors import UserError
 from trainables.transforms import Preprocess, for_epoch
 
 
@@ -144,3 +148,16 @@ def test_epochs_come_in_blocks_small_enough_to_decode_on_every_core(ray_local, s
     for name, rows in (("train", 30), ("val", 10)):
         blocks = [len(block["label"]) for block in datasets[name].iter_batches(batch_size=None)]
         assert blocks == [8] * (rows // 8) + [rows % 8], (name, blocks)
+
+
+def test_a_local_folders_shards_are_read_in_rays_order_without_hidden_files(tmp_path, small_prepared):
+    shutil.copytree(small_prepared, tmp_path / "copy")
+    shards = tmp_path / "copy" / SHARDS
+    shutil.copy(shards / "part-00000.parquet", shards / "part-00001.parquet")
+    (shards / "._part-00000.parquet").write_bytes(b"\x00\x05\x16\x07 resource fork")  # a macOS copy's
+    names = [path.name for path in shard_files(tmp_path / "copy")]
+    assert names == ["part-00000.parquet", "part-00001.parquet"]
+    for path in shards.glob("*"):
+        path.unlink()
+    with pytest.raises(UserError, match="prepare the data again"):
+        shard_files(tmp_path / "copy")

@@ -10,6 +10,7 @@ import ray
 import ray.data
 
 from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest
+from trainables.errors import UserError
 from trainables.storage import is_remote
 from trainables.transforms import Oversample, Preprocess, restart_epochs
 
@@ -98,10 +99,20 @@ def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.
         rows = read_rows(prepared, with_source).materialize()
     else:  # read here and put in the store: Ray Data's read tasks take 2 to 4 s to start
         columns = READ_COLUMNS + (["source"] if with_source else [])
-        shards = sorted(Path(prepared, SHARDS).glob("*.parquet"))  # one block a shard, in Ray's order
-        rows = ray.data.from_arrow([pq.read_table(shard, columns=columns) for shard in shards]).materialize()
+        rows = ray.data.from_arrow([pq.read_table(shard, columns=columns) for shard in shard_files(prepared)])
     restart_epochs(rows)  # the trials' first epoch is epoch 0, as when they read the files
     return rows
+
+
+def shard_files(prepared: str | Path) -> list[Path]:
+    """A local prepared folder's shards, in the order Ray Data reads them (sorted; names starting
+    with '.' or '_', such as a copy's `._part-00000.parquet`, left out)."""
+    shards = sorted(
+        path for path in Path(prepared, SHARDS).glob("*.parquet") if not path.name.startswith((".", "_"))
+    )
+    if not shards:
+        raise UserError(f"no prepared shards in {Path(prepared, SHARDS)}: prepare the data again")
+    return shards
 
 
 def build_datasets(
