@@ -35,8 +35,10 @@ def leave(code: int) -> NoReturn:
     """Exit with `code` once the command's threads, exit handlers and output are done, without
     tearing the interpreter down: with torch, Ray and pandas loaded, freeing every module and object
     takes 2 to 3 s, and the operating system frees them at once."""
-    threading._shutdown()  # what a normal exit runs first: thread pools' exit hooks, then joins
-    atexit._run_exitfuncs()  # Ray's shutdown, writers' flushes: what a normal exit runs first
+    # what a normal exit runs, in its order: thread pools' exit hooks and the joins of threads,
+    # then the exit handlers (Ray's shutdown, writers' flushes)
+    threading._shutdown()
+    atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a reader that went away, a closed stream

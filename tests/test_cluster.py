@@ -93,18 +93,13 @@ def test_node_removed_mid_sweep_its_trials_resume_elsewhere(tmp_path, without_lo
     for trial in frame["trial_id"]:
         reports = [json.loads(line) for line in (run_dir / trial / "result.json").read_text().splitlines()]
         assert 3 in [report["epoch"] for report in reports]
-        by_epoch: dict[int, list[dict]] = {}
-        for report in reports:
-            by_epoch.setdefault(report["epoch"], []).append(report)
         # no epoch trained twice. An epoch may be reported twice when the node went away between
         # Tune taking its result and registering its checkpoint: the restarted trial reports that
         # checkpoint's stored metrics again, the same numbers (a retrained epoch measures its own speed)
-        for again in by_epoch.values():
-            retrained += sum(
-                (r["train_images_per_s"], r["val_auc"])
-                != (again[0]["train_images_per_s"], again[0]["val_auc"])
-                for r in again[1:]
-            )
+        first: dict[int, tuple] = {}
+        for report in reports:
+            measured = (report["train_images_per_s"], report["val_auc"])
+            retrained += first.setdefault(report["epoch"], measured) != measured
     assert retrained == 0
     print(
         f"removed node {seen['node'][:8]} at {seen['at']} while trial {seen['trial']} was in epoch "

@@ -71,8 +71,12 @@ def configure_data_context() -> None:
 
 def read_rows(prepared: str | Path, with_source: bool = False) -> ray.data.Dataset:
     """The prepared dataset's rows, with the columns the pipeline uses (`source` on request)."""
-    columns = READ_COLUMNS + (["source"] if with_source else [])
-    return ray.data.read_parquet(f"{str(prepared).rstrip('/')}/{SHARDS}").select_columns(columns)
+    shards = f"{str(prepared).rstrip('/')}/{SHARDS}"
+    return ray.data.read_parquet(shards).select_columns(row_columns(with_source))
+
+
+def row_columns(with_source: bool) -> list[str]:
+    return READ_COLUMNS + (["source"] if with_source else [])
 
 
 def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.MaterializedDataset | None:
@@ -98,7 +102,7 @@ def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.
     if is_remote(prepared):
         rows = read_rows(prepared, with_source).materialize()
     else:  # read here and put in the store: Ray Data's read tasks take 2 to 4 s to start
-        columns = READ_COLUMNS + (["source"] if with_source else [])
+        columns = row_columns(with_source)
         rows = ray.data.from_arrow([pq.read_table(shard, columns=columns) for shard in shard_files(prepared)])
     restart_epochs(rows)  # the trials' first epoch is epoch 0, as when they read the files
     return rows

@@ -25,7 +25,7 @@ SWEEP_PAGE = "sweep.html"
 CURVES = "curves.png"
 # how each trial's curve ends, by its leaderboard status
 ENDS = {"completed": "o", "stopped early": "x", "failed": "X", UNFINISHED: "s"}
-MARKERS = "o: completed, x: stopped early, X: failed, square: unfinished"
+MARKERS = ", ".join(f"{'square' if marker == 's' else marker}: {status}" for status, marker in ENDS.items())
 
 
 def plot_curves(frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: Spec, path: Path) -> None:
