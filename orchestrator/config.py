@@ -20,6 +20,7 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation.clinical import Options, Targets
 from orchestrator.storage import normalise
 from trainables.color import COLOR_METHODS
+from trainables.diagnosis_metrics import DIAGNOSIS_RANKING_METRICS
 from trainables.metrics import RANKING_METRICS, THRESHOLD_METHODS
 from trainables.optimizers import OPTIMIZERS
 from trainables.transforms import PRESETS
@@ -29,7 +30,6 @@ DEFAULT_SPEC = PROJECT_ROOT / "experiments" / "default.yaml"
 DATA_CPUS_PER_TRIAL = 1.0  # left free per trial for Ray Data's decode + augment
 
 Optimizer = Literal[OPTIMIZERS]
-Metric = Literal[RANKING_METRICS]
 Color = Literal[COLOR_METHODS]
 LearningRate = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 BatchSize = Annotated[int, Field(ge=1)]
@@ -101,6 +101,10 @@ class DataSpec(Strict):
     cache: Path = Field(Path("prepared"), description="where prepared copies of `source` are kept")
     shortcut_audit: bool = Field(
         False, description="before training, measure how well non-lesion features predict the label"
+    )
+    task: Literal["binary", "diagnosis"] = Field(
+        "binary",
+        description="binary: benign vs malignant; diagnosis: the source's diagnosis classes (ISIC layouts)",
     )
     balance: Literal["oversample", "class_weight", "none"] = Field(
         "oversample", description="oversample the minority class, weight the loss by class, or neither"
@@ -218,7 +222,9 @@ class TrainSpec(Strict):
 
 class SchedulerSpec(Strict):
     type: Literal["asha", "fifo"] = "asha"
-    metric: Metric = "val_auc"
+    metric: str = Field(
+        "val_auc", description=f"what ranks trials: {', '.join(RANKING_METRICS)} (a diagnosis task: more)"
+    )
     mode: Literal["max", "min"] | None = None
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, ge=2.0)
@@ -302,6 +308,18 @@ class Spec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     evaluation: EvaluationSpec = EvaluationSpec()
     storage: str = "runs"
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> Spec:
+        allowed = [*RANKING_METRICS, *(DIAGNOSIS_RANKING_METRICS if self.data.task == "diagnosis" else ())]
+        metric = self.scheduler.metric
+        if metric not in allowed and not (self.data.task == "diagnosis" and metric.startswith("val_auc_")):
+            per_class = ", val_auc_<class>" if self.data.task == "diagnosis" else ""
+            raise ValueError(
+                f"scheduler.metric {metric!r} is not reported for data.task: {self.data.task}; "
+                f"use one of {', '.join(allowed)}{per_class}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _comparable_trials(self) -> Spec:

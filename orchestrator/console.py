@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from orchestrator.config import Spec, asha_rungs
-from orchestrator.data.dataset_format import Manifest
+from orchestrator.data.dataset_format import Manifest, task_labels
 from orchestrator.errors import error_reason
 from orchestrator.storage import Storage
 from orchestrator.tables import interval_text
@@ -88,10 +88,14 @@ def print_plan(
             f"Sweep: {len(spec.grid())} trials{grid}, up to {spec.train.epochs} epochs each; {stops}",
             file=out,
         )
-    counts = manifest.counts
+    labels = task_labels(manifest, spec.data.task, run.uri)
+    counts = labels.counts
     classes = ", ".join(f"{n} {name}" for name, n in counts.per_class.items())
     folds = len(counts.per_fold)
     print(f"Data: {counts.total} images ({classes}), {folds} folds; {validation(spec, manifest)}", file=out)
+    if labels.task == "diagnosis":
+        malignant = " + ".join(labels.malignant) or "no class"
+        print(f"Task: {len(labels.classes)} diagnosis classes; P(malignant) = P({malignant})", file=out)
     print(f"Results: {run.uri}", file=out)
     if log_path is not None:
         print(f"Ray's output: {log_path} (--verbose prints it here instead)", file=out)
@@ -190,11 +194,13 @@ class Progress(Callback):
         self.reported += 1
         if self.first_epoch is None:
             self.first_epoch = time.monotonic()
-        auc, low, high = (result.get(key, math.nan) for key in ("val_auc", "val_auc_low", "val_auc_high"))
-        interval = f" (95% CI {ci})" if (ci := interval_text(low, high)) else ""
+        scores = [score_text("val AUC", result, "val_auc")]
+        metric = self.spec.scheduler.metric  # shown too when it has an interval of its own
+        if metric != "val_auc" and f"{metric}_low" in result:
+            scores.append(score_text(metric.removeprefix("val_"), result, metric))
         speed = result.get("train_images_per_s")
         rate = f", {speed:.0f} img/s" if speed else ""
-        self.say(trial, f"epoch {epoch}/{self.epochs}: val AUC {auc:.3f}{interval}{rate}  {self.bar()}")
+        self.say(trial, f"epoch {epoch}/{self.epochs}: {', '.join(scores)}{rate}  {self.bar()}")
 
     def bar(self) -> str:
         most = max(self.trials * self.epochs - self.saved, self.done, 1)
@@ -228,6 +234,13 @@ class Progress(Callback):
         ran = self.last_epoch.get(trial.trial_id, 0)
         self.saved += self.epochs - ran
         self.say(trial, f"failed after epoch {ran}: {why_it_failed(trial)}")
+
+
+def score_text(label: str, result: dict, metric: str) -> str:
+    """`label 0.717 (95% CI 0.45-0.99)`: a reported metric, with its interval when it has one."""
+    low, high = result.get(f"{metric}_low", math.nan), result.get(f"{metric}_high", math.nan)
+    interval = f" (95% CI {ci})" if (ci := interval_text(low, high)) else ""
+    return f"{label} {result.get(metric, math.nan):.3f}{interval}"
 
 
 def why_it_failed(trial: Any) -> str:

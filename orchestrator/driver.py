@@ -29,6 +29,7 @@ from orchestrator.data.dataset_format import (
     parse_manifest,
     read_manifest,
     source_names,
+    task_labels,
 )
 from orchestrator.data.pipeline import shared_rows
 from orchestrator.data.prepare import prepare_once
@@ -59,6 +60,8 @@ from orchestrator.tuning.top_trials import (
 )
 from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import input_config
+from trainables.diagnosis_metrics import diagnosis_ranking_metrics
+from trainables.metrics import RANKING_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +128,29 @@ def with_dataset(spec: Spec, prepared: Path) -> Spec:
     """The spec with its held-out sources checked against the dataset's and its raw test sets
     prepared (de-duplicated against the training data, at its image size)."""
     manifest = read_manifest(prepared)
+    check_task(spec, manifest, prepared)
     data = spec.data.with_sources(source_names(manifest))
     tests = [test_dataset(test, prepared, manifest, spec.data.cache) for test in spec.evaluation.test]
     evaluation = spec.evaluation.model_copy(update={"test": tests})
     return spec.model_copy(update={"data": data, "evaluation": evaluation})
+
+
+def check_task(spec: Spec, manifest: Manifest, prepared: Path) -> None:
+    """The dataset has the labels of the spec's task, and the scheduler's metric is one it reports."""
+    labels = task_labels(manifest, spec.data.task, prepared)
+    if spec.data.task != "diagnosis":
+        return
+    reported = [*RANKING_METRICS, *diagnosis_ranking_metrics(labels.classes)]
+    if spec.scheduler.metric not in reported:
+        raise UserError(
+            f"scheduler.metric {spec.scheduler.metric!r} is not reported for the classes of {prepared} "
+            f"({', '.join(labels.classes)}); use one of {', '.join(reported)}"
+        )
+    for name in manifest.diagnoses.mixed:
+        called = "malignant" if name in labels.malignant else "benign"
+        log.warning(
+            "%s: images of %s carry both binary labels; P(malignant) counts it as %s", prepared, name, called
+        )
 
 
 def test_dataset(test: str | SourceSpec, prepared: Path, manifest: Manifest, cache: Path) -> str:
@@ -375,7 +397,8 @@ def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> A
     """What Tune runs for each trial: `run_trial` with the sweep's arguments and the rows it reads
     (held in Ray's object store when they fit: `pipeline.shared_rows`)."""
     shard_bytes = sum(Storage(shared).sizes(SHARDS).values())
-    rows = shared_rows(shared, with_source=bool(spec.data.val_sources), shard_bytes=shard_bytes)
+    with_diagnosis = spec.data.task == "diagnosis"
+    rows = shared_rows(shared, bool(spec.data.val_sources), shard_bytes, with_diagnosis)
     inputs = {backbone: input_config(backbone) for backbone in spec.backbones()}
     return tune.with_resources(
         tune.with_parameters(

@@ -4,6 +4,7 @@ metadata, free ports, a real S3 server, and the processes of a session."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ SAMPLE = ROOT / "datasets" / "isic-sample"
 SHARED = ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights"
+ISIC2017 = SHARED_DATA / "isic2017-256"
 
 
 def needs_shared(path: Path) -> pytest.MarkDecorator:
@@ -35,6 +37,31 @@ def copy_subset(destination: Path, per_class: int, source: Path = SAMPLE, skip: 
         (destination / name).mkdir(parents=True, exist_ok=True)
         for path in sorted((source / name).glob("*.jpg"))[skip : skip + per_class]:
             shutil.copy(path, destination / name / path.name)
+    return destination
+
+
+def isic2017_rows(split: str = "Training") -> list[dict[str, str]]:
+    """The ISIC 2017 Part 3 ground truth of `split`: image_id, melanoma, seborrheic_keratosis."""
+    with (ISIC2017 / f"ISIC-2017_{split}_Part3_GroundTruth.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_isic2017(
+    destination: Path, rows: list[dict[str, str]], files: dict[str, Path] | None = None
+) -> Path:
+    """A source in the ISIC 2017 layout holding the training images of `rows` (an image id in
+    `files` is a copy of that file instead) and their ground truth."""
+    images = destination / "ISIC-2017_Training_Data"
+    images.mkdir(parents=True)
+    for row in rows:
+        found = (files or {}).get(
+            row["image_id"], ISIC2017 / "ISIC-2017_Training_Data" / f"{row['image_id']}.jpg"
+        )
+        shutil.copy(found, images / f"{row['image_id']}.jpg")
+    with (destination / "ISIC-2017_Training_Part3_GroundTruth.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image_id", "melanoma", "seborrheic_keratosis"])
+        writer.writeheader()
+        writer.writerows(rows)
     return destination
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from orchestrator.evaluation.clinical import bootstrap, threshold_free
+from orchestrator.evaluation.clinical import threshold_free
 from trainables.metrics import (
     THRESHOLD_FREE_METRICS,
     at_threshold,
+    bootstrap,
     brier,
     calibration_bins,
     choose_threshold,

@@ -116,7 +116,8 @@ def test_a_cpu_worker_trains_a_channels_last_model(tmp_path):
     config = TrialConfig(
         backbone="test_efficientnet", lr=1e-3, optimizer="adamw", batch_size=4, weight_decay=0.0,
         color="none", val_fold=0, val_source="", model=timm_name("test_efficientnet"), weights="none",
-        classes=("benign", "malignant"), image_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, train_rows=4,
+        task="binary", classes=("benign", "malignant"), malignant=("malignant",), image_size=32,
+        mean=(0.5,) * 3, std=(0.5,) * 3, train_rows=4,
         class_weights=None, epochs=1, seed=0, freeze_epochs=0, backbone_lr_scale=1.0, warmup_epochs=0.0,
         schedule="cosine", label_smoothing=0.0, precision="auto", checkpoints="",
         threads=torch.get_num_threads(),  # the Trainer sets it: this process's own, unchanged

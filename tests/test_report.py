@@ -7,11 +7,12 @@ import typing
 import numpy as np
 import pandas as pd
 
-from orchestrator.config import EvaluationSpec, Metric
+from orchestrator.config import EvaluationSpec, parse_spec
 from orchestrator.evaluation.clinical import Targets
 from orchestrator.evaluation.evaluate import Scored, metrics_with_intervals
 from orchestrator.evaluation.report import LABELS, Section, short_label, write_report
 from orchestrator.tuning import leaderboard
+from tests.helpers import spec_dict
 from trainables.metrics import (
     RANKING_METRICS,
     REPORTED_METRICS,
@@ -22,7 +23,8 @@ from trainables.metrics import (
 
 
 def test_every_reader_takes_the_names_from_the_metrics_module():
-    assert typing.get_args(Metric) == RANKING_METRICS
+    for metric in RANKING_METRICS:
+        assert parse_spec(spec_dict(scheduler={"metric": metric})).scheduler.metric == metric
     assert typing.get_args(EvaluationSpec.model_fields["threshold"].annotation) == THRESHOLD_METHODS
     assert set(leaderboard.CV_METRICS) <= set(REPORTED_METRICS)
     assert set(leaderboard.SUMMARY_METRICS) <= set(REPORTED_METRICS)

@@ -2,9 +2,7 @@
 leave-one-source-out trials, colour constancy as a grid axis, and the errors that name a source.
 Real images from both shared sets (skipped without ../shared/data)."""
 
-import csv
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +16,18 @@ from orchestrator.data.prepare import prepare
 from orchestrator.data.sources import Source
 from orchestrator.errors import UserError
 from orchestrator.evaluation.evaluate import evaluate_fold
-from tests.helpers import SHARED_DATA, copy_subset, needs_shared, write_yaml
+from tests.helpers import (
+    ISIC2017,
+    SHARED_DATA,
+    copy_subset,
+    isic2017_rows,
+    needs_shared,
+    write_isic2017,
+    write_yaml,
+)
 from tests.test_cli_errors import assert_user_error, run
 
 KAGGLE = SHARED_DATA / "kaggle-isic-224" / "train"
-ISIC2017 = SHARED_DATA / "isic2017-256"
 needs_both = needs_shared(ISIC2017)
 PLANTED = "ISIC_9999999"  # a Kaggle malignant image copied into the ISIC 2017 subset
 
@@ -31,22 +36,14 @@ def isic2017_subset(destination: Path, per_class: int, skip: int = 0, plant_from
     """`per_class` melanomas and `per_class` other lesions of the ISIC 2017 training split (after
     the first `skip` of each), in its own layout (images folder + Part 3 ground truth); with
     `plant_from`, one more image, a copy of that file, listed as a melanoma."""
-    images = destination / "ISIC-2017_Training_Data"
-    images.mkdir(parents=True)
-    with (ISIC2017 / "ISIC-2017_Training_Part3_GroundTruth.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+    rows = isic2017_rows()
     chosen = [r for r in rows if r["melanoma"] == "1.0"][skip : skip + per_class]
     chosen += [r for r in rows if r["melanoma"] == "0.0"][skip : skip + per_class]
-    for row in chosen:
-        shutil.copy(ISIC2017 / "ISIC-2017_Training_Data" / f"{row['image_id']}.jpg", images)
+    planted = {}
     if plant_from is not None:
-        shutil.copy(plant_from, images / f"{PLANTED}.jpg")
+        planted = {PLANTED: plant_from}
         chosen.append({"image_id": PLANTED, "melanoma": "1.0", "seborrheic_keratosis": "0.0"})
-    with (destination / "ISIC-2017_Training_Part3_GroundTruth.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image_id", "melanoma", "seborrheic_keratosis"])
-        writer.writeheader()
-        writer.writerows(chosen)
-    return destination
+    return write_isic2017(destination, chosen, planted)
 
 
 @pytest.fixture(scope="module")

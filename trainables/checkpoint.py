@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.errors import UserError
+from trainables.inference import malignant_indices
 from trainables.precision import in_layout
 from trainables.resize import EVAL_RESIZES
 from trainables.storage import Storage, StorageError
@@ -38,7 +39,7 @@ class CheckpointMeta:
     """What `meta.json` holds. Fields without a default are required in every checkpoint."""
 
     backbone: str  # the registry name the trial searched
-    classes: list[str]  # index order of the model's outputs; the last one is the positive class
+    classes: list[str]  # index order of the model's outputs; binary: the last one is the positive class
     image_size: int
     mean: list[float]  # normalisation, on the 0-1 scale
     std: list[float]
@@ -53,6 +54,8 @@ class CheckpointMeta:
     resumed_after_epoch: int = 0  # 0: trained from the start
     node_id: str | None = None  # the Ray node that trained it
     files: dict[str, int] | None = None  # name -> size of every other file; None: not recorded
+    task: str = "binary"  # or "diagnosis": `classes` are the dataset's diagnoses
+    malignant: list[str] | None = None  # the classes that add up to P(malignant); None: the last one
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -65,7 +68,17 @@ class CheckpointMeta:
 
     @property
     def positive_class(self) -> str:
-        return self.classes[-1]
+        """What a positive call is named: the binary task's last class, or `malignant`."""
+        return self.classes[-1] if self.task == "binary" else "malignant"
+
+    @property
+    def negative_class(self) -> str:
+        return self.classes[0] if self.task == "binary" else "benign"
+
+    @property
+    def positive_indices(self) -> list[int]:
+        """The outputs whose probabilities add up to P(malignant)."""
+        return malignant_indices(self.classes, self.malignant or self.classes[-1:])
 
     @classmethod
     def from_json(cls, text: str, where: str) -> CheckpointMeta:
@@ -99,6 +112,9 @@ class CheckpointMeta:
             "files": self.files is None or isinstance(self.files, dict),
             "threshold": isinstance(self.threshold, (int, float)),
             "resize": self.resize in EVAL_RESIZES,
+            "task": self.task in ("binary", "diagnosis"),
+            "malignant": self.malignant is None
+            or (isinstance(self.malignant, list) and set(self.malignant) <= set(self.classes)),
         }
         for name, ok in checks.items():
             if not ok:

@@ -1,11 +1,12 @@
-"""The one inference path: uint8 image batches in, P(positive class) out, optionally averaged over
-flips and rotations. Validation in the train loop, `isic-evaluate` and `isic-predict` all call
+"""The one inference path: uint8 image batches in, the probability of each class out, optionally
+averaged over flips and rotations; P(malignant) is the sum over the malignant classes
+(`as_binary`). Validation in the train loop, `isic-evaluate` and `isic-predict` all call
 `predict`, so a checkpoint scores the same images the same way wherever it runs. This module needs
 torch only (no Ray): scoring a checkpoint does not import the training loop."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 
 import numpy as np
@@ -37,16 +38,37 @@ def predict(
     dtype: torch.dtype | None = None,
     tta: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and P(positive class, the last one) for every example of `batches`
-    ({"image": uint8 NCHW, "label"}), with the model in eval mode; `dtype` is the autocast dtype
-    (None: fp32), `tta` averages over flips and rotations."""
+    """Labels and class probabilities (a row per example, a column per class) for every example of
+    `batches` ({"image": uint8 NCHW, "label"}), with the model in eval mode; `dtype` is the autocast
+    dtype (None: fp32), `tta` averages over flips and rotations."""
     model.eval()
     scorer = FlipRotateAverage(model) if tta else model
     device_type = normalize.mean.device.type
-    labels, scores = [np.empty(0, np.int64)], [np.empty(0, np.float32)]
+    labels, probabilities = [np.empty(0, np.int64)], []
     for batch in batches:
         with torch.autocast(device_type, dtype=dtype) if dtype else nullcontext():
             logits = scorer(normalize(batch["image"]))
         labels.append(batch["label"].cpu().numpy())
-        scores.append(torch.softmax(logits.float(), dim=1)[:, -1].cpu().numpy())
-    return np.concatenate(labels), np.concatenate(scores)
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(labels), np.concatenate(probabilities) if probabilities else np.empty(
+        (0, 0), np.float32
+    )
+
+
+def malignant_indices(classes: Sequence[str], malignant: Sequence[str]) -> list[int]:
+    """The positions of the malignant classes among the model's outputs."""
+    return [i for i, name in enumerate(classes) if name in malignant]
+
+
+def malignant_probability(probabilities: np.ndarray, positive: Sequence[int]) -> np.ndarray:
+    """P(malignant): the summed probabilities of the `positive` classes (`malignant_indices`); with
+    two classes, benign and malignant, the second column."""
+    return probabilities[:, list(positive)].sum(axis=1)
+
+
+def as_binary(
+    labels: np.ndarray, probabilities: np.ndarray, positive: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels as malignant (1) or benign (0), and P(malignant). Two classes, benign and
+    malignant: the labels as they are and the second column."""
+    return np.isin(labels, positive).astype(np.int64), malignant_probability(probabilities, positive)

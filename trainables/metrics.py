@@ -18,6 +18,9 @@ specificity at a sensitivity no threshold reaches are NaN: they are undefined, n
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+
 import numpy as np
 
 # binary_metrics' keys; the train loop reports each as val_<name>
@@ -294,3 +297,32 @@ def validation_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, floa
     metrics["val_recall_at_threshold"] = point["sensitivity"]
     metrics["val_specificity_at_threshold"] = point["specificity"]
     return metrics
+
+
+def bootstrap(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile confidence intervals of every value `statistic` returns, resampling the images of
+    each class separately (so each resample keeps the class counts). `scores` holds a row per image:
+    P(malignant), or the probabilities of every class."""
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    rng = np.random.default_rng(seed)
+    # the highest label first: the malignant cases, then the benign ones, for two classes
+    members = [np.flatnonzero(labels == label) for label in np.unique(labels)[::-1]]
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        index = np.concatenate([rng.choice(member, len(member)) for member in members])
+        for name, value in statistic(labels[index], scores[index]).items():
+            draws.setdefault(name, []).append(value)
+    tail = (1 - level) / 2 * 100
+    with warnings.catch_warnings():  # a value undefined in every resample: its interval is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {
+            name: tuple(float(v) for v in np.nanpercentile(values, [tail, 100 - tail]))
+            for name, values in draws.items()
+        }

@@ -34,8 +34,9 @@ from trainables.checkpoint import (
     read_weights,
     save_checkpoint,
 )
+from trainables.diagnosis_metrics import reported_diagnosis_metrics, validation_report
 from trainables.finetune import param_groups, set_backbone_frozen, set_learning_rates, train_mode
-from trainables.inference import predict
+from trainables.inference import as_binary, malignant_indices, predict
 from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler, in_layout
@@ -48,7 +49,19 @@ log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 512
 STATE_FILE = "training_state.pt"
-META_KEYS = ("backbone", "model", "weights", "classes", "image_size", "mean", "std", "lr", "optimizer")
+META_KEYS = (
+    "backbone",
+    "model",
+    "weights",
+    "task",
+    "classes",
+    "malignant",
+    "image_size",
+    "mean",
+    "std",
+    "lr",
+    "optimizer",
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -157,26 +170,35 @@ def train_loop(train_loop_config: dict[str, Any], session: Session) -> None:
             if unreported:  # its process died before the report was taken: report it now
                 _report(metrics, trainer, session)
         val_shard = session.dataset("val")
+        positive = malignant_indices(config.classes, config.malignant)
         for epoch, train_batches in epochs:
             try:
                 train_loss, images_per_s = trainer.epoch(epoch, train_batches, session.name)
             except NonFiniteLossError as err:
                 # a restart would diverge again: end this trial with the reason, let the sweep go on
-                failure = dict.fromkeys(REPORTED_METRICS, float("nan"))  # same keys as any epoch's report
+                failure = dict.fromkeys(reported_metrics(config), float("nan"))  # same keys as any epoch's
                 failure.update(epoch=epoch + 1, failure=f"epoch {epoch + 1}: {err}")
                 session.report(failure, None)
                 return
             val_batches = val_shard.iter_torch_batches(
                 batch_size=config.batch_size, dtypes=dtypes, device=device
             )
-            labels, scores = predict(trainer.model, val_batches, trainer.normalize, trainer.dtype)
+            labels, probabilities = predict(trainer.model, val_batches, trainer.normalize, trainer.dtype)
             metrics = {
                 "epoch": epoch + 1,
                 "train_loss": train_loss,
                 "train_images_per_s": images_per_s,
-                **validation_metrics(labels, scores),
+                **validation_metrics(*as_binary(labels, probabilities, positive)),
             }
+            if config.task == "diagnosis":
+                metrics.update(validation_report(labels, probabilities, config.classes))
             _report(metrics, trainer, session)
+
+
+def reported_metrics(config: TrialConfig) -> list[str]:
+    """What each epoch reports besides `epoch` and the training speed."""
+    extra = reported_diagnosis_metrics(config.classes) if config.task == "diagnosis" else []
+    return [*REPORTED_METRICS, *extra]
 
 
 def _report(metrics: dict, trainer: Trainer, session: Session) -> None:

@@ -163,6 +163,18 @@ class Preprocess:
         }
 
 
+class LabelByDiagnosis:
+    """Batch function (pyarrow) of the diagnosis task: `label` becomes the index of the row's
+    `diagnosis` among `classes`, the model's outputs."""
+
+    def __init__(self, classes: list[str]) -> None:
+        self.index = {name: i for i, name in enumerate(classes)}
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        labels = pa.array([self.index[name] for name in table.column("diagnosis").to_pylist()], pa.int64())
+        return table.set_column(table.schema.get_field_index("label"), "label", labels)
+
+
 class Oversample:
     """Repeat each row `factor` times on average: floor(factor) copies, plus one more with
     probability equal to the fraction, drawn afresh every epoch (seeded like the augmentation)."""

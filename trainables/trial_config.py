@@ -26,7 +26,9 @@ class TrialConfig:
     # the model and its input
     model: str  # the timm model behind `backbone`
     weights: str  # hub | file:PATH | package | none
+    task: str  # binary | diagnosis
     classes: tuple[str, ...]  # label i is classes[i]
+    malignant: tuple[str, ...]  # the classes whose probabilities add up to P(malignant)
     image_size: int
     mean: tuple[float, ...]  # the backbone's normalisation
     std: tuple[float, ...]

@@ -10,6 +10,7 @@ so every dataset prepared with format 1 loads.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,15 @@ class CrossSourceDuplicates(_Record):
     dropped_images: list[tuple[str, str]]  # image id, the source that keeps it
 
 
+class Diagnoses(_Record):
+    """The diagnosis classes, where every image has one (see `diagnoses.py`)."""
+
+    classes: list[str]
+    malignant: list[str]  # the classes whose probabilities add up to P(malignant)
+    mixed: list[str] = []  # classes whose images carry both binary labels
+    counts: Counts
+
+
 class Shard(_Record):
     file: str
     rows: int
@@ -122,6 +132,7 @@ class Manifest(_Record):
     audit: Audit | None = None
     against: Against | None = None
     cross_source_duplicates: CrossSourceDuplicates | None = None
+    diagnoses: Diagnoses | None = None  # absent without a diagnosis per image, or prepared before
 
 
 def parse_manifest(text: str, prepared: str | Path) -> Manifest:
@@ -153,3 +164,30 @@ def source_names(manifest: Manifest) -> list[str]:
     if manifest.sources:
         return [source.name for source in manifest.sources]
     return [Path(manifest.source).name]
+
+
+@dataclass(frozen=True)
+class TaskLabels:
+    """What a model of one task (`data.task`) learns: its classes (the model's outputs, in order),
+    those whose probabilities add up to P(malignant), the counts per fold and source, and the row
+    column the labels come from."""
+
+    task: str
+    classes: list[str]
+    malignant: list[str]
+    counts: Counts
+    column: str  # "label" (binary: 0 benign, 1 malignant) or "diagnosis" (a class name)
+
+
+def task_labels(manifest: Manifest, task: str, prepared: str | Path) -> TaskLabels:
+    """The labels of `task` ("binary" or "diagnosis") in the dataset `prepared`."""
+    if task == "binary":
+        return TaskLabels(task, manifest.classes, [manifest.positive_class], manifest.counts, "label")
+    found = manifest.diagnoses
+    if found is None:
+        raise UserError(
+            f"{prepared} has no diagnosis per image, which data.task: diagnosis needs: a "
+            "folder-per-class source has only its two folders; prepare an ISIC ground-truth or "
+            "metadata source (prepared with this version), or use data.task: binary"
+        )
+    return TaskLabels(task, found.classes, found.malignant, found.counts, "diagnosis")

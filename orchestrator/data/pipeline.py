@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import ray
 import ray.data
 
-from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest
+from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest, task_labels
 from trainables.errors import UserError
 from trainables.storage import is_remote
-from trainables.transforms import Oversample, Preprocess, restart_epochs
+from trainables.transforms import LabelByDiagnosis, Oversample, Preprocess, restart_epochs
 
 log = logging.getLogger(__name__)
 
@@ -25,24 +25,29 @@ ROWS_PER_BLOCK = 64
 
 
 def train_class_counts(
-    manifest: Manifest, val_fold: int, test_fold: int | None = None, val_source: str = ""
+    manifest: Manifest,
+    val_fold: int,
+    test_fold: int | None = None,
+    val_source: str = "",
+    task: str = "binary",
 ) -> dict[int, int]:
-    """Images per class label in the training data: every fold but `val_fold` and `test_fold`, or,
-    with `val_source`, every other source (its folds but `test_fold`)."""
-    counts = dict.fromkeys(range(len(manifest.classes)), 0)
+    """Images per class label of `task` in the training data: every fold but `val_fold` and
+    `test_fold`, or, with `val_source`, every other source (its folds but `test_fold`)."""
+    labels = task_labels(manifest, task, "the prepared dataset")
+    counts = dict.fromkeys(range(len(labels.classes)), 0)
     if val_source:
         parts = [
             (fold, per_class)
-            for source, folds in manifest.counts.per_source_fold.items()
+            for source, folds in labels.counts.per_source_fold.items()
             if source != val_source
             for fold, per_class in folds.items()
         ]
     else:
-        parts = list(manifest.counts.per_fold.items())
+        parts = list(labels.counts.per_fold.items())
     for fold, per_class in parts:
         if int(fold) in (val_fold, test_fold):
             continue
-        for label, name in enumerate(manifest.classes):
+        for label, name in enumerate(labels.classes):
             counts[label] += per_class[name]
     return counts
 
@@ -69,17 +74,22 @@ def configure_data_context() -> None:
     context.execution_options.preserve_order = True
 
 
-def read_rows(prepared: str | Path, with_source: bool = False) -> ray.data.Dataset:
-    """The prepared dataset's rows, with the columns the pipeline uses (`source` on request)."""
+def read_rows(
+    prepared: str | Path, with_source: bool = False, with_diagnosis: bool = False
+) -> ray.data.Dataset:
+    """The prepared dataset's rows, with the columns the pipeline uses (`source` and `diagnosis`
+    on request)."""
     shards = f"{str(prepared).rstrip('/')}/{SHARDS}"
-    return ray.data.read_parquet(shards).select_columns(row_columns(with_source))
+    return ray.data.read_parquet(shards).select_columns(row_columns(with_source, with_diagnosis))
 
 
-def row_columns(with_source: bool) -> list[str]:
-    return READ_COLUMNS + (["source"] if with_source else [])
+def row_columns(with_source: bool, with_diagnosis: bool = False) -> list[str]:
+    return READ_COLUMNS + (["source"] if with_source else []) + (["diagnosis"] if with_diagnosis else [])
 
 
-def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.MaterializedDataset | None:
+def shared_rows(
+    prepared: str, with_source: bool, shard_bytes: int, with_diagnosis: bool = False
+) -> ray.data.MaterializedDataset | None:
     """The rows every trial of a sweep starts from, read once into Ray's object store; None when
     they would take more than `SHARED_ROWS_SHARE` of the smallest node's store (each epoch then
     reads the files again). Reading Parquet is the costly part of a small dataset's epoch: every
@@ -100,9 +110,9 @@ def shared_rows(prepared: str, with_source: bool, shard_bytes: int) -> ray.data.
         return None
     configure_data_context()
     if is_remote(prepared):
-        rows = read_rows(prepared, with_source).materialize()
+        rows = read_rows(prepared, with_source, with_diagnosis).materialize()
     else:  # read here and put in the store: Ray Data's read tasks take 2 to 4 s to start
-        columns = row_columns(with_source)
+        columns = row_columns(with_source, with_diagnosis)
         rows = ray.data.from_arrow([pq.read_table(shard, columns=columns) for shard in shard_files(prepared)])
     restart_epochs(rows)  # the trials' first epoch is epoch 0, as when they read the files
     return rows
@@ -130,11 +140,13 @@ def build_datasets(
     manifest: Manifest | None = None,
     val_source: str = "",
     color: str = "none",
+    task: str = "binary",
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced, and the
     test fold is in neither. With `val_source`, `val` is that whole source and `train` every other
     one (leave-one-source-out). `prepared` is a local folder, a URI (`s3://...`) or the rows that
-    `shared_rows` read; with a URI or rows, pass its `manifest` (read by the driver)."""
+    `shared_rows` read (with the `diagnosis` column for that `task`); with a URI or rows, pass its
+    `manifest` (read by the driver)."""
     configure_data_context()
     if isinstance(prepared, ray.data.Dataset):
         if manifest is None:
@@ -142,7 +154,7 @@ def build_datasets(
         rows = prepared
     else:
         manifest = manifest if manifest is not None else read_manifest(Path(prepared))
-        rows = read_rows(prepared, with_source=bool(val_source))
+        rows = read_rows(prepared, with_source=bool(val_source), with_diagnosis=task == "diagnosis")
     held_out = f" and fold != {test_fold}" if test_fold is not None else ""
     if val_source:
         train = rows.filter(expr=f"source != '{val_source}'{held_out}")
@@ -156,8 +168,11 @@ def build_datasets(
     train, val = (
         split.repartition(target_num_rows_per_block=ROWS_PER_BLOCK, strict=True) for split in (train, val)
     )
+    if task == "diagnosis":
+        relabel = LabelByDiagnosis(task_labels(manifest, task, "the prepared dataset").classes)
+        train, val = (split.map_batches(relabel, batch_format="pyarrow") for split in (train, val))
     if balance == "oversample":
-        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold, val_source))
+        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold, val_source, task))
         train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
     train = train.map_batches(Preprocess(size, augment, seed, color), batch_format="numpy")
     val = val.map_batches(Preprocess(size, color=color), batch_format="numpy")

@@ -11,7 +11,9 @@ counts per fold and class, unreadable files, shard hashes and the duplicate audi
 
 Several sources make one dataset with a `source` column: an image found in two sources (the
 duplicate audit's clusters) is kept once, in the first source listed, and records the others in
-`also_in`; folds are stratified by class and source, and grouped as for one source.
+`also_in`; folds are stratified by class and source, and grouped as for one source. Where every
+image has a diagnosis (the ISIC layouts), the manifest lists the diagnosis classes too
+(`diagnoses.py`) and folds are stratified by them.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from orchestrator.data.dataset_format import (
     read_manifest,
 )
 from orchestrator.data.decode import Loaded, try_load
+from orchestrator.data.diagnoses import diagnoses_section, diagnosis_labels
 from orchestrator.data.folds import assign_folds, fold_counts
 from orchestrator.data.sources import (
     BINARY_CLASSES,
@@ -303,21 +306,20 @@ def prepare(
                 f"every image of {names} is also in {against or 'another source'}: none is left to prepare"
             )
         labels = np.array([r.label for r in records])
-        source_index = {src.name: i for i, src in enumerate(sources)}
-        strata = np.array([source_index[r.source] for r in records]) if several else None
+        kept = [r for r, k in zip(records, keep, strict=True) if k]
+        diagnoses = diagnosis_labels([r.meta.get("diagnosis") or "" for r in kept])
         fold = np.full(len(records), -1, dtype=np.int8)
         fold[keep] = assign_folds(
             labels[keep],
             groups[keep],
             folds,
             seed,
-            strata[keep] if several else None,
+            _strata(kept, [src.name for src in sources], diagnoses),
             classes,
             every_class_in_every_fold and against is None,  # a test set's folds are never trained on
         )
         also_in = _also_in(records, groups, across)
         shards = _finalise(staging, raw.files, keep, fold, also_in, shard_rows)
-        kept = [r for r, k in zip(records, keep, strict=True) if k]
         manifest = {
             "format_version": FORMAT_VERSION,
             "source": str(sources[0].path) if not several else [str(src.path) for src in sources],
@@ -338,6 +340,7 @@ def prepare(
             "folds": folds,
             "seed": seed,
             "fold_groups": "near-duplicate clusters joined with patient and lesion ids"
+            + (", stratified by diagnosis" if diagnoses else "")
             + (", stratified by class and source" if several else ""),
             "metadata_fields": [f for f in META_FIELDS if any(r.meta.get(f) for r in records)],
             "counts": fold_counts(labels[keep], fold[keep], classes, [r.source for r in kept]),
@@ -345,6 +348,9 @@ def prepare(
             "audit": report,
             "shards": shards,
         }
+        if diagnoses:
+            kept_sources = [r.source for r in kept]
+            manifest["diagnoses"] = diagnoses_section(*diagnoses, labels[keep], fold[keep], kept_sources)
         if several:
             manifest["cross_source_duplicates"] = _cross_source_report(records, groups, across)
         if against is not None:
@@ -370,6 +376,19 @@ def prepare(
         raise
     log.info("prepared %d images into %s (%d unreadable)", int(keep.sum()), out, len(unreadable))
     return Manifest.model_validate(manifest)
+
+
+def _strata(
+    kept: list[Record], sources: list[str], diagnoses: tuple[list[str], np.ndarray] | None
+) -> np.ndarray | None:
+    """What folds are stratified by besides the label: the source, when there are several, and
+    the diagnosis, when every image has one."""
+    strata = np.zeros(len(kept), dtype=np.int64)
+    if len(sources) > 1:
+        strata += np.array([sources.index(r.source) for r in kept])
+    if diagnoses:
+        strata += diagnoses[1] * len(sources)
+    return strata if len(sources) > 1 or diagnoses else None
 
 
 def _cross_source_report(records: list[Record], groups: np.ndarray, across: dict[int, str]) -> dict:

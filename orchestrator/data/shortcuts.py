@@ -35,10 +35,9 @@ import torch
 
 from orchestrator.data.dataset_format import SHARDS, read_manifest
 from orchestrator.errors import UserError, command
-from orchestrator.evaluation.clinical import bootstrap
 from orchestrator.tables import to_markdown
 from trainables.backbones import create_backbone, input_config
-from trainables.metrics import roc_auc
+from trainables.metrics import bootstrap, roc_auc
 from trainables.precision import Normalize, in_layout
 from trainables.transforms import decode_jpeg
 

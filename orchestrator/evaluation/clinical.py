@@ -1,11 +1,10 @@
 """What a clinical evaluation asks of the metrics: the operating points it targets, the
-threshold-free group, and bootstrap confidence intervals. The metrics themselves (and the decision
-thresholds) are `trainables.metrics`.
+threshold-free group. The metrics themselves, the decision thresholds and the bootstrap intervals
+are `trainables.metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,29 +53,4 @@ def threshold_free(labels: np.ndarray, scores: np.ndarray, targets: Targets = Ta
         "specificity_at_sensitivity": specificity_at_sensitivity(labels, scores, targets.fixed_sensitivity),
         "brier": brier(labels, scores),
         "ece": expected_calibration_error(labels, scores, targets.bins),
-    }
-
-
-def bootstrap(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    statistic: Callable[[np.ndarray, np.ndarray], dict[str, float]],
-    resamples: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, tuple[float, float]]:
-    """Percentile confidence intervals of every value `statistic` returns, resampling malignant
-    and benign cases separately (so each resample keeps the class counts)."""
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    rng = np.random.default_rng(seed)
-    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
-    draws: dict[str, list[float]] = {}
-    for _ in range(resamples):
-        index = np.r_[rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))]
-        for name, value in statistic(labels[index], scores[index]).items():
-            draws.setdefault(name, []).append(value)
-    tail = (1 - level) / 2 * 100
-    return {
-        name: tuple(float(v) for v in np.nanpercentile(values, [tail, 100 - tail]))
-        for name, values in draws.items()
     }

@@ -30,14 +30,15 @@ from orchestrator.data.dataset_format import MANIFEST, SHARDS
 from orchestrator.data.prepare import prepare_once
 from orchestrator.data.selection import check_data
 from orchestrator.errors import UserError, command
-from orchestrator.evaluation.clinical import Options, Targets, bootstrap, threshold_free
+from orchestrator.evaluation.clinical import Options, Targets, threshold_free
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import CheckpointMeta, load_checkpoint
-from trainables.inference import predict
+from trainables.inference import malignant_probability, predict
 from trainables.metrics import (
     THRESHOLD_METHODS,
     NoThreshold,
     at_threshold,
+    bootstrap,
     choose_threshold,
     validation_metrics,
 )
@@ -100,7 +101,8 @@ def evaluate_fold(
     loop reports them."""
     model, meta = load_checkpoint(Path(checkpoint))
     batches = fold_batches(prepared, fold, preprocess_for(meta), source=source)
-    return validation_metrics(*predict(model, batches, normalize_for(meta)))
+    labels, probabilities = predict(model, batches, normalize_for(meta))  # the data's labels are 0/1
+    return validation_metrics(labels, malignant_probability(probabilities, meta.positive_indices))
 
 
 def score(
@@ -114,10 +116,11 @@ def score(
 ) -> Scored:
     ids: list[str] = []
     batches = fold_batches(prepared, fold, preprocess_for(meta), ids=ids, source=source)
-    labels, scores = predict(model, batches, normalize_for(meta), tta=tta)
+    labels, probabilities = predict(model, batches, normalize_for(meta), tta=tta)
     if len(labels) == 0:
         raise UserError(f"{name}: no images to evaluate")
-    return Scored(name, ids, labels, scores)
+    # the data's labels are benign (0) or malignant (1), whatever classes the model has
+    return Scored(name, ids, labels, malignant_probability(probabilities, meta.positive_indices))
 
 
 def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None, str | None]:

@@ -31,7 +31,7 @@ from orchestrator.errors import UserError, command
 from orchestrator.evaluation.evaluate import normalize_for, preprocess_for
 from orchestrator.storage import local_copy, staging_dir
 from trainables.checkpoint import CheckpointMeta, load_checkpoint
-from trainables.inference import predict
+from trainables.inference import malignant_probability, predict
 from trainables.transforms import Preprocess
 
 BATCH = 32
@@ -85,7 +85,8 @@ def predict_paths(
     with tqdm(total=len(paths), unit="img", disable=not progress, desc="predict") as bar:
         for seen, good, batch in batches(paths, meta.image_size, preprocess_for(meta), failures):
             if batch is not None:
-                _, scores = predict(model, [batch], normalize, tta=tta)
+                _, probabilities = predict(model, [batch], normalize, tta=tta)
+                scores = malignant_probability(probabilities, meta.positive_indices)
                 results += zip(good, scores.tolist(), strict=True)
             bar.update(seen)
     return results, failures, meta
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.writer(handle)
         writer.writerow(["path", f"p_{positive}", "decision", "threshold", "error"])
         for path, probability in results:
-            decision = positive if probability >= threshold else meta.classes[0]
+            decision = positive if probability >= threshold else meta.negative_class
             writer.writerow([path, f"{probability:.6f}", decision, f"{threshold:.6f}", ""])
         for path, reason in failures.items():
             writer.writerow([path, "", "", "", reason])

@@ -69,6 +69,15 @@ def best_checkpoint(kept: list[tuple[str, dict]], metric: str, mode: str) -> tup
     return max(scored, key=lambda found: (rank(found[1], metric, mode), found[0]))  # then: a fixed order
 
 
+def reported(metrics) -> list[str]:
+    """REPORTED_METRICS, then the metrics of `metrics` (a dict or a history's columns) that a
+    diagnosis task reports besides them, in the order reported."""
+    return [
+        *REPORTED_METRICS,
+        *(name for name in metrics if name.startswith("val_") and name not in REPORTED_METRICS),
+    ]
+
+
 def _status(result, epochs_run: int, spec: Spec) -> tuple[str, str]:
     failure = (result.metrics or {}).get("failure")
     if failure:  # the train loop ended the trial itself, e.g. on a non-finite loss
@@ -113,10 +122,10 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
         if found:
             path, best = found
             row["best_epoch"] = best["epoch"]
-            row.update({f"best_{m}": best.get(m) for m in REPORTED_METRICS})
+            row.update({f"best_{m}": best.get(m) for m in reported(best)})
             row["checkpoint"] = path
         if history is not None:
-            row.update({f"last_{m}": float(history[m].iloc[-1]) for m in REPORTED_METRICS if m in history})
+            row.update({f"last_{m}": float(history[m].iloc[-1]) for m in reported(history) if m in history})
         row["error"] = error
         rows.append(row)
     frame = pd.DataFrame(rows)
@@ -198,6 +207,11 @@ def summary(frame: pd.DataFrame, metric: str, top: int = 10) -> pd.DataFrame:
     table = frame[shown].copy()
     if metric != "val_auc" and f"best_{metric}" in frame:
         table[f"best_{metric}"] = frame[f"best_{metric}"]
+        if {f"best_{metric}_low", f"best_{metric}_high"} <= set(frame):
+            bounds = zip(frame[f"best_{metric}_low"], frame[f"best_{metric}_high"], strict=True)
+            table[f"{metric.removeprefix('val_')}_95%_ci"] = [
+                interval_text(low, high) for low, high in bounds
+            ]
     for reported, name in SUMMARY_METRICS.items():
         if f"best_{reported}" in frame:
             table[name] = frame[f"best_{reported}"]

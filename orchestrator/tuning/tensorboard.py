@@ -1,8 +1,8 @@
 """What TensorBoard shows of a sweep: each trial's curves under the project's own tags (`val/auc`,
-`train/loss`, ...), and in HParams one session per trial with its configuration, weight source,
-status and best-epoch metrics, named by leaderboard rank so that the table lists trials in the
-leaderboard's order. Ray's own counters (`ray/tune/...`: iterations, time, done flags) are not
-written."""
+`train/loss`, ...; a diagnosis task's under `diagnosis/`: `diagnosis/balanced_accuracy`, ...), and
+in HParams one session per trial with its configuration, weight source, status and best-epoch
+metrics, named by leaderboard rank so that the table lists trials in the leaderboard's order. Ray's
+own counters (`ray/tune/...`: iterations, time, done flags) are not written."""
 
 from __future__ import annotations
 
@@ -59,16 +59,34 @@ class TrialCurves(TBXLoggerCallback):
         if epoch is None:
             return
         writer = self._trial_writer[trial]
-        for metric, tag in TAGS.items():
+        for metric in [*TAGS, *diagnosis_metrics(result)]:
             value = result.get(metric)
             if _number(value):
-                writer.add_scalar(tag, float(value), global_step=int(epoch))
+                writer.add_scalar(tag_of(metric), float(value), global_step=int(epoch))
         writer.flush()
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         if trial in self._trial_writer:
             self._trial_writer.pop(trial).close()
             self._trial_result.pop(trial, None)
+
+
+def diagnosis_metrics(reported: Any) -> list[str]:
+    """The metrics of a diagnosis task among `reported` (a result, or the leaderboard's reported
+    names): the validation metrics without a tag of their own."""
+    return [name for name in reported if name.startswith("val_") and name not in TAGS]
+
+
+def tag_of(metric: str) -> str:
+    """A reported metric's tag: `TAGS`, or `diagnosis/<name>` (`_95ci_low` and `_95ci_high` for
+    the bounds of its interval)."""
+    if metric in TAGS:
+        return TAGS[metric]
+    name = metric.removeprefix("val_")
+    for end in ("_low", "_high"):
+        if name.endswith(end):
+            name = f"{name.removesuffix(end)}_95ci{end}"
+    return f"diagnosis/{name}"
 
 
 def write_hparams(frame: pd.DataFrame, spec: Spec, run_dir: Path, run: Storage | None = None) -> None:
@@ -84,10 +102,13 @@ def write_hparams(frame: pd.DataFrame, spec: Spec, run_dir: Path, run: Storage |
         run.delete_folder(HPARAMS)
     varying = [key for key in spec.varying() if key != "backbone" and key in frame]
     keys = ["backbone", *varying, "weights", "status"]
+    # a diagnosis task's best-epoch metrics, without the bounds of their intervals
+    best = [c.removeprefix("best_") for c in frame if c.startswith("best_val_")]
+    diagnosis = [name for name in diagnosis_metrics(best) if not name.endswith(("_low", "_high"))]
     with SummaryWriter(str(run_dir / HPARAMS)) as writer:
         for position, (_, row) in enumerate(frame.iterrows(), start=1):
             hparams = {key: _plain(row[key]) for key in keys if key in row and pd.notna(row[key])}
-            metrics = {TAGS[metric]: row.get(f"best_{metric}") for metric in BEST_EPOCH}
+            metrics = {tag_of(metric): row.get(f"best_{metric}") for metric in (*BEST_EPOCH, *diagnosis)}
             metrics.update({f"test/{c.removeprefix('test_')}": row[c] for c in frame if _is_test_value(c)})
             values = {tag: float(value) for tag, value in metrics.items() if _number(value)}
             step = int(row["best_epoch"]) if _number(row.get("best_epoch")) else None

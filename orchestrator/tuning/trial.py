@@ -18,7 +18,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Spec, split_of
-from orchestrator.data.dataset_format import Manifest
+from orchestrator.data.dataset_format import Manifest, task_labels
 from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
 from trainables.entry import train_in_trial, train_loop_per_worker
 from trainables.registry import InputConfig, timm_name
@@ -56,7 +56,9 @@ def trial_config(
     backbone, train = config["backbone"], spec.train
     split = split_of(config)
     normalisation = inputs[backbone]
-    counts = train_class_counts(manifest, split["val_fold"], spec.data.test_fold, split["val_source"])
+    task = spec.data.task
+    labels = task_labels(manifest, task, spec.data.prepared or "the prepared dataset")
+    counts = train_class_counts(manifest, split["val_fold"], spec.data.test_fold, split["val_source"], task)
     balance = spec.data.balance
     per_epoch = oversample_factors(counts) if balance == "oversample" else dict.fromkeys(counts, 1.0)
     return TrialConfig(
@@ -70,7 +72,9 @@ def trial_config(
         val_source=split["val_source"],
         model=timm_name(backbone),
         weights=train.weights_for(backbone),
-        classes=tuple(manifest.classes),
+        task=task,
+        classes=tuple(labels.classes),
+        malignant=tuple(labels.malignant),
         image_size=trial_image_size(spec, normalisation),
         mean=tuple(normalisation.mean),
         std=tuple(normalisation.std),
@@ -108,6 +112,7 @@ def run_trial(
         seed=spec.train.seed,
         test_fold=spec.data.test_fold,
         manifest=manifest,
+        task=trial.task,
     )
     resources = spec.resources
     if resources.in_trial:
