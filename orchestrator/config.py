@@ -296,6 +296,11 @@ class EvaluationSpec(Strict):
     )
     tta: bool = Options.tta
     bootstrap: int = Field(Options.bootstrap, ge=10, description="resamples for the 95% intervals")
+    ensemble: Annotated[int, Field(ge=2)] | Literal["folds"] | None = Field(
+        None,
+        description="also test the mean of the N best trials' probabilities, or (folds) of the best "
+        "configuration's fold models",
+    )
 
 
 class Spec(Strict):
@@ -318,6 +323,20 @@ class Spec(Strict):
             raise ValueError(
                 f"scheduler.metric {metric!r} is not reported for data.task: {self.data.task}; "
                 f"use one of {', '.join(allowed)}{per_class}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ensemble_has_tests(self) -> Spec:
+        ensemble = self.evaluation.ensemble
+        if ensemble is not None and not (self.evaluation.test or self.data.test_fold is not None):
+            raise ValueError(
+                "evaluation.ensemble is scored on test images, which no trial validated on: give "
+                "evaluation.test or data.test_fold"
+            )
+        if ensemble == "folds" and len(self.data.val_folds) < 2:
+            raise ValueError(
+                "evaluation.ensemble: folds needs cross-validation (data.val_fold: all, or a list)"
             )
         return self
 

@@ -51,9 +51,11 @@ from orchestrator.storage import (
 from orchestrator.tuning import leaderboard
 from orchestrator.tuning.tensorboard import TrialCurves, write_hparams
 from orchestrator.tuning.top_trials import (
+    ENSEMBLE_REPORT,
     REPORT,
     TEST_ERROR,
     candidates,
+    evaluate_ensemble,
     evaluate_top_trials,
     failure,
     has_tests,
@@ -83,6 +85,7 @@ LOCAL_RAY_ENV: dict[str, str] = {
 # checkpoint (see `new_tuner`) of trials with short epochs. A save that is slow still warns.
 TUNE_DRIVER_ENV: dict[str, str] = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 PREPARED_COPIES = "prepared"
+ENSEMBLE = "ensemble"  # the run folder's table of the ensemble and its members (.csv, .md)
 NOTE_WIDTH = 100  # characters a line of the notes under the printed leaderboard
 SHORTCUTS = "shortcuts"  # the shortcut audit's files in the run folder
 AUDIT_FILE = shortcuts.AUDIT_FILE  # beside the runs in remote storage, where every node can read them
@@ -431,6 +434,8 @@ def finish(
     held_out = held_out_table(spec, frame, manifest)
     publish(frame, spec, local_dir, run, held_out)
     frame = tested(frame, spec, prepared, shared, local_dir, held_out)
+    if spec.evaluation.ensemble is not None:
+        ensembled(frame, spec, prepared, shared, local_dir)
     try:
         write_hparams(frame, spec, local_dir, run)
     except StorageError:
@@ -460,6 +465,36 @@ def tested(
         frame = frame.copy()
         frame.loc[candidates(frame).head(spec.evaluation.top).index, TEST_ERROR] = failure(err)
         return frame
+
+
+def ensembled(frame: Any, spec: Spec, prepared: Path, shared: str, local_dir: Path) -> None:
+    """`evaluation.ensemble` tested: `ensemble.csv` (values and interval bounds) and `ensemble.md`
+    (a row per model: the ensemble, then its members) in the run folder, its report beside the best
+    trial's. A failure is logged: the leaderboard stands without it."""
+    try:
+        if not prepared.is_dir():  # resumed on another machine: evaluate on the shared copy
+            prepared = local_copy(shared, staging_dir(PREPARED_COPIES))
+        table = evaluate_ensemble(frame, spec, prepared, local_dir)
+    except StorageError:
+        raise
+    except Exception as err:
+        log.error("the ensemble was not tested: %s", failure(err))
+        return
+    if table is not None:
+        (local_dir / f"{ENSEMBLE}.csv").write_text(table.to_csv(index=False))
+        (local_dir / f"{ENSEMBLE}.md").write_text(leaderboard.to_markdown(ensemble_view(table)) + "\n")
+
+
+def ensemble_view(table: Any) -> Any:
+    """The ensemble table as the console and `ensemble.md` show it: each test metric as
+    `value [low, high]`."""
+    shown = table[[c for c in table if not c.startswith("test")]].copy()
+    for column in [c for c in table if c.startswith("test") and f"{c}_low" in table]:
+        shown[column] = [
+            f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+            for v, lo, hi in zip(table[column], table[f"{column}_low"], table[f"{column}_high"], strict=True)
+        ]
+    return shown
 
 
 def warn_about_shortcuts(result: dict) -> None:
@@ -562,9 +597,17 @@ def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
         print("\nHeld-out sources (final epoch ROC-AUC on each, worst first):\n")
         print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
     print(f"\nTensorBoard: tensorboard --logdir {where}")
-    for page, what in ((SWEEP_PAGE, "The sweep's page"), ("report.html", "The best trial's report")):
-        if (run_dir / REPORT / page).exists():
-            print(f"{what}: {where}/{REPORT}/{page}")
+    if (run_dir / f"{ENSEMBLE}.md").exists():
+        print(f"\nEnsemble ({spec.evaluation.ensemble}) and its members on the test sets:\n")
+        print((run_dir / f"{ENSEMBLE}.md").read_text())
+    pages = (
+        (REPORT, SWEEP_PAGE, "The sweep's page"),
+        (REPORT, "report.html", "The best trial's report"),
+        (ENSEMBLE_REPORT, "report.html", "The ensemble's report"),
+    )
+    for folder, page, what in pages:
+        if (run_dir / folder / page).exists():
+            print(f"{what}: {where}/{folder}/{page}")
     if (run_dir / SWEEP_LOG).exists():
         print(f"Ray's output: {where}/{SWEEP_LOG}")
     unfinished = int((frame["status"] == leaderboard.UNFINISHED).sum())

@@ -35,10 +35,15 @@ def diagnosis_of(row: dict[str, str]) -> str:
     return "seborrheic_keratosis" if row["seborrheic_keratosis"] == "1.0" else "nevus"
 
 
-def three_classes(destination: Path, per_class: int) -> Path:
-    """`per_class` images of each ISIC 2017 diagnosis, in the ISIC 2017 layout."""
+def three_classes(destination: Path, per_class: int, skip: int = 0) -> Path:
+    """`per_class` images of each ISIC 2017 diagnosis (after the first `skip`), in the ISIC 2017
+    layout."""
     rows = isic2017_rows()
-    chosen = [row for name in CLASSES for row in [r for r in rows if diagnosis_of(r) == name][:per_class]]
+    chosen = [
+        row
+        for name in CLASSES
+        for row in [r for r in rows if diagnosis_of(r) == name][skip : skip + per_class]
+    ]
     return write_isic2017(destination, chosen)
 
 
@@ -162,8 +167,9 @@ def test_the_pipeline_labels_each_image_with_its_diagnosis_and_balances_them(ray
 @needs_isic2017
 @pytest.mark.slow
 def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local, prepared, tmp_path):
-    """Train a pretrained EfficientNet-Lite0 on three diagnoses, ranked by the ISIC 2017 score; the
-    checkpoint predicts three classes, and scoring it again gives the sweep's binary numbers."""
+    """Train a pretrained EfficientNet-Lite0 on three diagnoses, on two folds, ranked by the ISIC
+    2017 score; the checkpoints predict three classes, scoring one again gives the sweep's binary
+    numbers, and the two fold models make an ensemble tested on other images."""
     from orchestrator.driver import run_sweep
     from orchestrator.evaluation.evaluate import evaluate_fold
     from trainables.checkpoint import load_checkpoint
@@ -171,10 +177,22 @@ def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local,
     spec = parse_spec(
         {
             "name": "dx",
-            "data": {"prepared": str(prepared), "folds": 3, "image_size": 48, "task": "diagnosis"},
+            "data": {
+                "prepared": str(prepared),
+                "folds": 3,
+                "val_fold": [0, 1],
+                "image_size": 48,
+                "task": "diagnosis",
+                "cache": str(tmp_path / "cache"),
+            },
             "search": {"backbone": "efficientnet_lite0", "batch_size": 12, "lr": 1e-3},
             "train": {"epochs": 2, "weights": "package"},
             "scheduler": {"type": "fifo", "metric": "val_isic2017_score"},
+            "evaluation": {
+                "test": [str(three_classes(tmp_path / "test", per_class=4, skip=12))],
+                "ensemble": "folds",
+                "bootstrap": 50,
+            },
             "storage": str(tmp_path / "runs"),
         }
     )
@@ -197,7 +215,7 @@ def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local,
     assert (meta.task, meta.classes, meta.malignant) == ("diagnosis", CLASSES, ["melanoma"])
     assert model.num_classes == 3
     # the binary metrics are P(melanoma) against the benign/malignant labels of the same images
-    again = evaluate_fold(Path(best["checkpoint"]), prepared, fold=0)
+    again = evaluate_fold(Path(best["checkpoint"]), prepared, fold=int(best["val_fold"]))
     assert again["val_auc"] == pytest.approx(best["best_val_auc"], abs=1e-6)
     # TensorBoard: the curves of the diagnosis metrics under their own tags
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -208,3 +226,17 @@ def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local,
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
     assert {"diagnosis/balanced_accuracy", "diagnosis/auc_melanoma", "diagnosis/isic2017_score"} <= tags
+    # the ensemble of the two fold models: its probabilities are their mean, on the test images
+    table = pd.read_csv(run_dir / "ensemble.csv")
+    assert list(table["model"]) == ["ensemble", "member 1", "member 2"]
+    assert sorted(table["val_fold"].dropna()) == [0, 1]
+    for column in ("test_roc_auc", "test_balanced_accuracy", "test_auc_melanoma", "test_isic2017_score"):
+        assert table[column].between(0, 1).all(), column
+    report = run_dir / "report-ensemble"
+    ensemble, *members = (pd.read_csv(report / f"predictions-{n}.csv") for n in (1, 2, 3))
+    assert len(ensemble) == 12 and set(ensemble["diagnosis"]) == set(CLASSES)
+    for name in ("p_malignant", "p_melanoma", "p_nevus"):
+        assert ensemble[name].to_numpy() == pytest.approx(
+            (members[0][name] + members[1][name]).to_numpy() / 2
+        )
+    assert "Confusion matrix of the diagnoses" in (report / "report.md").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -41,8 +43,12 @@ def assign_folds(
     fold = np.empty(len(labels), dtype=np.int8)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     stratify = labels if strata is None else labels * (int(strata.max()) + 1) + strata
-    for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), stratify, groups)):
-        fold[val] = index
+    if np.unique(stratify, return_counts=True)[1].max() < folds:  # too fine to split: by label alone
+        stratify = labels
+    with warnings.catch_warnings():  # a rare diagnosis: the check below says what matters
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        for index, (_, val) in enumerate(splitter.split(np.zeros(len(labels)), stratify, groups)):
+            fold[val] = index
     for index in range(folds if every_class else 0):
         missing = [name(label) for label in units if not (labels[fold == index] == label).any()]
         if missing:

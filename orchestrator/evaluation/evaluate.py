@@ -1,7 +1,8 @@
-"""Clinical evaluation of a checkpoint: metrics with bootstrap intervals, a decision threshold
-chosen on validation data, pictures and a report to open in a browser.
+"""Clinical evaluation of a checkpoint, or of an ensemble of several: metrics with bootstrap
+intervals, a decision threshold chosen on validation data, pictures and a report to open in a
+browser.
 
-    isic-evaluate CHECKPOINT DATA [DATA ...] [--threshold-from VAL_DATA] [--tta]
+    isic-evaluate CHECKPOINT [CHECKPOINT ...] DATA [DATA ...] [--threshold-from VAL_DATA] [--tta]
         [--threshold youden|sensitivity] [--target-sensitivity 0.9] [--bootstrap 1000] [--out DIR]
 
 DATA is a prepared dataset, `PREPARED@FOLD` for one of its folds, `PREPARED@SOURCE` for one of its
@@ -10,11 +11,19 @@ prepared on the fly at the checkpoint's input size. Several DATA are
 reported side by side (say, the internal validation fold and an external set). The threshold is
 chosen on VAL_DATA and applied unchanged to every DATA; without --threshold-from it is the one the
 checkpoint stored, chosen on its own validation fold.
+
+Several checkpoints (the k fold models of one configuration, or a sweep's best trials) are an
+ensemble: their class probabilities are averaged, each member scoring the images as it was
+validated (its own input size and colour method), and the report shows the ensemble beside each
+member. Their stored thresholds are averaged too, unless --threshold-from chooses one. A diagnosis
+model scored on data with the same diagnoses also gets the challenge metrics (balanced accuracy,
+one-vs-rest ROC-AUC per class, the ISIC 2017 score) and a confusion matrix of its classes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -31,8 +40,9 @@ from orchestrator.data.prepare import prepare_once
 from orchestrator.data.selection import check_data
 from orchestrator.errors import UserError, command
 from orchestrator.evaluation.clinical import Options, Targets, threshold_free
-from orchestrator.storage import local_copy, staging_dir
-from trainables.checkpoint import CheckpointMeta, load_checkpoint
+from orchestrator.storage import is_remote, local_copy, staging_dir
+from trainables.checkpoint import META_FILE, CheckpointMeta, load_checkpoint
+from trainables.diagnosis_metrics import confusion_matrix, with_intervals
 from trainables.inference import malignant_probability, predict
 from trainables.metrics import (
     THRESHOLD_METHODS,
@@ -50,12 +60,24 @@ BATCH = 64
 
 @dataclass
 class Scored:
-    """One dataset's predictions."""
+    """One dataset's predictions by one model or ensemble."""
 
     name: str
     image_ids: list[str]
-    labels: np.ndarray
-    scores: np.ndarray
+    labels: np.ndarray  # 1 malignant, 0 benign
+    scores: np.ndarray  # P(malignant)
+    probabilities: np.ndarray | None = None  # a diagnosis model's: a row per image, a column per class
+    diagnoses: np.ndarray | None = None  # each image's true class among `classes`, where the data has it
+    classes: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """A checkpoint loaded for scoring."""
+
+    path: Path
+    model: nn.Module
+    meta: CheckpointMeta
 
 
 def fold_batches(
@@ -65,21 +87,25 @@ def fold_batches(
     batch_size: int = BATCH,
     ids: list | None = None,
     source: str | None = None,
+    diagnoses: list | None = None,
 ) -> Iterator[dict]:
     """uint8 image batches of `prepared` (one fold and/or one source, or all of it); image ids are
-    appended to `ids`."""
+    appended to `ids`, and diagnoses (None where the data has none) to `diagnoses`."""
     dataset = pads.dataset(Path(prepared) / SHARDS, format="parquet")
     where = pads.field("fold") == fold if fold is not None else None
     if source is not None:
         same_source = pads.field("source") == source
         where = same_source if where is None else where & same_source
-    scanner = dataset.scanner(columns=["image_id", "image", "label"], filter=where, batch_size=batch_size)
+    columns = ["image_id", "image", "label"] + (["diagnosis"] if "diagnosis" in dataset.schema.names else [])
+    scanner = dataset.scanner(columns=columns, filter=where, batch_size=batch_size)
     for record_batch in scanner.to_batches():
         if record_batch.num_rows == 0:
             continue
         rows = record_batch.to_pydict()
         if ids is not None:
             ids.extend(rows["image_id"])
+        if diagnoses is not None:
+            diagnoses.extend(rows.get("diagnosis", [None] * record_batch.num_rows))
         out = preprocess({"image": np.array(rows["image"], dtype=object), "label": np.array(rows["label"])})
         yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
 
@@ -115,12 +141,48 @@ def score(
     source: str | None = None,
 ) -> Scored:
     ids: list[str] = []
-    batches = fold_batches(prepared, fold, preprocess_for(meta), ids=ids, source=source)
+    diagnoses: list[str | None] = []
+    batches = fold_batches(prepared, fold, preprocess_for(meta), ids=ids, source=source, diagnoses=diagnoses)
     labels, probabilities = predict(model, batches, normalize_for(meta), tta=tta)
     if len(labels) == 0:
         raise UserError(f"{name}: no images to evaluate")
     # the data's labels are benign (0) or malignant (1), whatever classes the model has
-    return Scored(name, ids, labels, malignant_probability(probabilities, meta.positive_indices))
+    scores = malignant_probability(probabilities, meta.positive_indices)
+    if meta.task != "diagnosis":
+        return Scored(name, ids, labels, scores)
+    known = all(diagnosis in meta.classes for diagnosis in diagnoses)
+    truth = np.array([meta.classes.index(d) for d in diagnoses]) if known else None
+    return Scored(name, ids, labels, scores, probabilities, truth, list(meta.classes))
+
+
+def ensemble_of(name: str, members: list[Scored]) -> Scored:
+    """The members' scores of one dataset averaged (the mean of their class probabilities)."""
+    first = members[0]
+    if any(member.image_ids != first.image_ids for member in members):
+        raise ValueError(f"{name}: the members scored different images")
+    probabilities = None
+    if first.probabilities is not None:
+        probabilities = np.mean([member.probabilities for member in members], axis=0)
+    scores = np.mean([member.scores for member in members], axis=0)
+    return dataclasses.replace(first, name=name, scores=scores, probabilities=probabilities)
+
+
+def load_members(checkpoints: list[Path]) -> list[Member]:
+    """The checkpoints loaded; those of an ensemble must predict the same classes."""
+    members = [Member(Path(path), *load_checkpoint(Path(path))) for path in checkpoints]
+    first = members[0].meta
+    for member in members[1:]:
+        meta = member.meta
+        if (meta.task, meta.classes, meta.positive_indices) != (
+            first.task,
+            first.classes,
+            first.positive_indices,
+        ):
+            raise UserError(
+                f"{member.path} predicts {meta.classes} ({meta.task}), {members[0].path} predicts "
+                f"{first.classes} ({first.task}): an ensemble's members must predict the same classes"
+            )
+    return members
 
 
 def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, int | None, str | None]:
@@ -133,6 +195,16 @@ def resolve_data(text: str, image_size: int, cache: Path) -> tuple[str, Path, in
     prepared = cache / f"{path.name}-{image_size}px-{digest}"
     prepare_once(path, prepared, image_size, every_class_in_every_fold=False)  # only scored
     return text, prepared, None, None
+
+
+def diagnosis_with_intervals(scored: Scored, resamples: int, seed: int) -> dict[str, dict]:
+    """The diagnosis metrics of `scored` (`diagnosis_metrics`): {metric: {"value", "low", "high"}}."""
+    found = with_intervals(scored.diagnoses, scored.probabilities, scored.classes, resamples, seed)
+    names = [name for name in found if not name.endswith(("_low", "_high"))]
+    return {
+        name: {"value": found[name], "low": found[f"{name}_low"], "high": found[f"{name}_high"]}
+        for name in names
+    }
 
 
 def metrics_with_intervals(
@@ -154,21 +226,31 @@ def metrics_with_intervals(
     return result
 
 
-def evaluate_checkpoint(
-    checkpoint: Path, data: list[str], threshold_from: str | None, options: Options, cache: Path
+def evaluate_checkpoints(
+    checkpoints: list[Path], data: list[str], threshold_from: str | None, options: Options, cache: Path
 ) -> tuple[dict, list[Scored]]:
-    """Score `checkpoint` on every DATA with the threshold chosen on `threshold_from` (or the stored
-    one); return the summary (metrics with intervals, per dataset) and the predictions."""
-    model, meta = load_checkpoint(Path(checkpoint))
+    """Score one checkpoint, or an ensemble of several, on every DATA with the threshold chosen on
+    `threshold_from` (or the stored one: the mean of the members'); return the summary (metrics
+    with intervals, per dataset: an ensemble's, then each member's) and the predictions."""
+    members = load_members(checkpoints)
+    several = len(members) > 1
 
-    def scored_on(text: str) -> Scored:
-        name, prepared, fold, source = resolve_data(text, meta.image_size, cache)
-        return score(model, meta, name, prepared, fold, options.tta, source)
+    def scored_on(text: str) -> list[Scored]:
+        """The ensemble's scores of DATA `text` first, then each member's (one model: its own)."""
+        found = []
+        for number, member in enumerate(members, start=1):
+            name, prepared, fold, source = resolve_data(text, member.meta.image_size, cache)
+            label = f"{name} · member {number}" if several else name
+            found.append(score(member.model, member.meta, label, prepared, fold, options.tta, source))
+        return [ensemble_of(f"{text} · ensemble", found), *found] if several else found
 
-    scored = [scored_on(text) for text in data]
+    scored = [entry for text in data for entry in scored_on(text)]
     if threshold_from:
         known = {s.name: s for s in scored}
-        val = known.get(threshold_from) or scored_on(threshold_from)
+        val = (
+            known.get(f"{threshold_from} · ensemble" if several else threshold_from)
+            or scored_on(threshold_from)[0]
+        )
         try:
             threshold = choose_threshold(
                 val.labels, val.scores, options.threshold, options.target_sensitivity
@@ -184,31 +266,69 @@ def evaluate_checkpoint(
             else f"sensitivity >= {options.target_sensitivity:g}"
         )
         origin = f"chosen on {threshold_from} ({rule})"
+    elif several:
+        threshold = float(np.mean([member.meta.threshold for member in members]))
+        origin = "the mean of the members' stored thresholds (each Youden's J on its own validation fold)"
     else:
-        threshold = float(meta.threshold)
+        threshold = float(members[0].meta.threshold)
         origin = "stored in the checkpoint (Youden's J on its validation fold)"
+    resamples, seed = options.bootstrap, options.seed
     summary = {
-        "checkpoint": str(checkpoint),
-        "backbone": meta.backbone,
+        "checkpoint": ", ".join(str(path) for path in checkpoints),
+        "backbone": ", ".join(dict.fromkeys(member.meta.backbone for member in members)),
+        "members": [
+            {"checkpoint": str(m.path), "backbone": m.meta.backbone, "threshold": m.meta.threshold}
+            for m in members
+        ],
         "threshold": threshold,
         "threshold_origin": origin,
         "tta": options.tta,
-        "bootstrap": options.bootstrap,
+        "bootstrap": resamples,
         "targets": options.targets.__dict__,
         "datasets": {s.name: {"images": len(s.labels), "malignant": int(s.labels.sum())} for s in scored},
         "metrics": {
-            s.name: metrics_with_intervals(s, threshold, options.targets, options.bootstrap, options.seed)
-            for s in scored
+            s.name: metrics_with_intervals(s, threshold, options.targets, resamples, seed) for s in scored
         },
     }
+    diagnosed = [s for s in scored if s.diagnoses is not None]
+    if diagnosed:
+        summary["classes"] = diagnosed[0].classes
+        summary["diagnosis"] = {s.name: diagnosis_with_intervals(s, resamples, seed) for s in diagnosed}
+        summary["confusion"] = {
+            s.name: confusion_matrix(s.diagnoses, s.probabilities).tolist() for s in diagnosed
+        }
     return summary, scored
+
+
+def split_arguments(
+    arguments: list[str], what: str = "PREPARED[@FOLD] or raw images"
+) -> tuple[list[str], list[str]]:
+    """(checkpoints, the rest) of a command line: the leading arguments that are checkpoints (a
+    folder holding meta.json, or a URI), then `what` the command takes."""
+    count = 0
+    while count < len(arguments) and (
+        is_remote(arguments[count]) or Path(arguments[count], META_FILE).is_file()
+    ):
+        count += 1
+    checkpoints, data = arguments[:count], arguments[count:]
+    if not checkpoints:
+        raise UserError(
+            f"{arguments[0]} is not a checkpoint (a folder holding {META_FILE}, or its s3:// / gs:// URI); "
+            "give the checkpoints first, then the data"
+        )
+    if not data:
+        raise UserError(f"nothing after the checkpoints: give the checkpoints, then {what}")
+    return checkpoints, data
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="isic-evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a checkpoint folder (model.safetensors + meta.json), or its URI")
     parser.add_argument(
-        "data", nargs="+", help="PREPARED, PREPARED@FOLD, PREPARED@SOURCE, PREPARED@FOLD,SOURCE or raw images"
+        "arguments",
+        nargs="+",
+        metavar="CHECKPOINT... DATA",
+        help="one checkpoint folder (model.safetensors + meta.json) or URI, or several (an ensemble); "
+        "then PREPARED, PREPARED@FOLD, PREPARED@SOURCE, PREPARED@FOLD,SOURCE or raw images",
     )
     parser.add_argument("--threshold-from", metavar="VAL_DATA", help="choose the threshold on this data")
     parser.add_argument("--threshold", choices=THRESHOLD_METHODS, default=Options.threshold)
@@ -239,9 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         args.bootstrap,
         args.seed,
     )
-    checkpoint = local_copy(args.checkpoint, staging_dir("checkpoints"))  # s3://... downloaded once
-    summary, scored = evaluate_checkpoint(checkpoint, args.data, args.threshold_from, options, args.cache)
-    out = args.out or Path("reports") / f"{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    given, data = split_arguments(args.arguments)
+    checkpoints = [local_copy(c, staging_dir("checkpoints")) for c in given]  # s3://... downloaded once
+    summary, scored = evaluate_checkpoints(checkpoints, data, args.threshold_from, options, args.cache)
+    name = checkpoints[0].name if len(checkpoints) == 1 else f"ensemble-of-{len(checkpoints)}"
+    out = args.out or Path("reports") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     html = write_report(out, summary, scored)
     print(f"report: {html}")
     print((out / "report.md").read_text())

@@ -1,6 +1,8 @@
-"""P(malignant) and the decision for images, with a checkpoint's stored threshold.
+"""P(malignant) and the decision for images, with a checkpoint's stored threshold; several
+checkpoints are an ensemble (their class probabilities and stored thresholds averaged). A diagnosis
+model's CSV also holds each class's probability and the most probable diagnosis.
 
-    isic-predict CHECKPOINT IMAGES... [--out predictions.csv] [--threshold T] [--tta]
+    isic-predict CHECKPOINT [CHECKPOINT ...] IMAGES... [--out predictions.csv] [--threshold T] [--tta]
 
 IMAGES are files or folders (searched recursively for images). Unreadable files are listed in the
 output with their reason and do not stop the run.
@@ -28,9 +30,14 @@ from tqdm import tqdm
 from orchestrator.data.decode import try_load
 from orchestrator.data.sources import IMAGE_SUFFIXES
 from orchestrator.errors import UserError, command
-from orchestrator.evaluation.evaluate import normalize_for, preprocess_for
+from orchestrator.evaluation.evaluate import (
+    Member,
+    load_members,
+    normalize_for,
+    preprocess_for,
+    split_arguments,
+)
 from orchestrator.storage import local_copy, staging_dir
-from trainables.checkpoint import CheckpointMeta, load_checkpoint
 from trainables.inference import malignant_probability, predict
 from trainables.transforms import Preprocess
 
@@ -75,48 +82,73 @@ def batches(
 
 
 def predict_paths(
-    checkpoint: Path, paths: list[Path], tta: bool = False, progress: bool = True
-) -> tuple[list[tuple[Path, float]], dict[Path, str], CheckpointMeta]:
-    """[(path, P(malignant))], {path: reason} for unreadable files, and the checkpoint's meta."""
-    model, meta = load_checkpoint(checkpoint)
-    normalize = normalize_for(meta)
+    checkpoints: list[Path], paths: list[Path], tta: bool = False, progress: bool = True
+) -> tuple[dict[Path, np.ndarray], dict[Path, str], list[Member]]:
+    """{path: class probabilities} (several checkpoints: their mean), {path: reason} for unreadable
+    files, and the checkpoints loaded."""
+    members = load_members(checkpoints)
     failures: dict[Path, str] = {}
-    results: list[tuple[Path, float]] = []
-    with tqdm(total=len(paths), unit="img", disable=not progress, desc="predict") as bar:
-        for seen, good, batch in batches(paths, meta.image_size, preprocess_for(meta), failures):
-            if batch is not None:
-                _, probabilities = predict(model, [batch], normalize, tta=tta)
-                scores = malignant_probability(probabilities, meta.positive_indices)
-                results += zip(good, scores.tolist(), strict=True)
-            bar.update(seen)
-    return results, failures, meta
+    found: dict[Path, np.ndarray] = {}
+    for number, member in enumerate(members, start=1):
+        meta, normalize = member.meta, normalize_for(member.meta)
+        desc = f"predict ({number}/{len(members)})" if len(members) > 1 else "predict"
+        with tqdm(total=len(paths), unit="img", disable=not progress, desc=desc) as bar:
+            for seen, good, batch in batches(paths, meta.image_size, preprocess_for(meta), failures):
+                if batch is not None:
+                    _, probabilities = predict(member.model, [batch], normalize, tta=tta)
+                    for path, row in zip(good, probabilities, strict=True):
+                        found[path] = found.get(path, 0) + row / len(members)
+                bar.update(seen)
+    return found, failures, members
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="isic-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a checkpoint folder, or its s3:// / gs:// URI")
-    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument(
+        "arguments",
+        nargs="+",
+        metavar="CHECKPOINT... IMAGES",
+        help="a checkpoint folder or its s3:// / gs:// URI, or several (an ensemble); then images or folders",
+    )
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
+    parser.add_argument(
+        "--threshold", type=float, help="decision threshold (default: the checkpoint's, or the members' mean)"
+    )
     parser.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     args = parser.parse_args(argv)
-    paths = image_paths(args.images)
-    checkpoint = local_copy(args.checkpoint, staging_dir("checkpoints"))
-    results, failures, meta = predict_paths(checkpoint, paths, args.tta)
-    threshold = args.threshold if args.threshold is not None else float(meta.threshold)
+    given, images = split_arguments(args.arguments, "image files or folders")
+    paths = image_paths(images)
+    checkpoints = [local_copy(c, staging_dir("checkpoints")) for c in given]
+    found, failures, members = predict_paths(checkpoints, paths, args.tta)
+    meta = members[0].meta
+    stored = float(np.mean([member.meta.threshold for member in members]))
+    threshold = args.threshold if args.threshold is not None else stored
     positive = meta.positive_class
+    classes = list(meta.classes) if meta.task == "diagnosis" else []  # their probabilities too
     with args.out.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", f"p_{positive}", "decision", "threshold", "error"])
-        for path, probability in results:
+        extra = [f"p_{name}" for name in classes] + (["diagnosis"] if classes else [])
+        writer.writerow(["path", f"p_{positive}", "decision", "threshold", *extra, "error"])
+        scores = malignant_probability(
+            np.array(list(found.values())).reshape(len(found), len(meta.classes)), meta.positive_indices
+        )
+        for (path, probabilities), probability in zip(found.items(), scores.tolist(), strict=True):
             decision = positive if probability >= threshold else meta.negative_class
-            writer.writerow([path, f"{probability:.6f}", decision, f"{threshold:.6f}", ""])
+            diagnosis = [f"{p:.6f}" for p in probabilities] + [classes[int(np.argmax(probabilities))]]
+            writer.writerow(
+                [
+                    path,
+                    f"{probability:.6f}",
+                    decision,
+                    f"{threshold:.6f}",
+                    *(diagnosis if classes else []),
+                    "",
+                ]
+            )
         for path, reason in failures.items():
-            writer.writerow([path, "", "", "", reason])
-    flagged = sum(p >= threshold for _, p in results)
-    print(
-        f"{len(results)} images scored, {flagged} called {positive} at threshold {threshold:.4f}: {args.out}"
-    )
+            writer.writerow([path, "", "", "", *[""] * len(extra), reason])
+    flagged = int((scores >= threshold).sum())
+    print(f"{len(found)} images scored, {flagged} called {positive} at threshold {threshold:.4f}: {args.out}")
     if failures:
         print(
             f"{len(failures)} unreadable, listed in {args.out}: "

@@ -20,6 +20,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined  # noqa: E402
 from markupsafe import Markup  # noqa: E402
 
 from orchestrator.tables import to_markdown  # noqa: E402
+from trainables.diagnosis_metrics import class_key  # noqa: E402
 from trainables.metrics import at_threshold, calibration_bins, confusion_counts, pr_points, roc_points  # noqa: E402
 
 # how each of THRESHOLD_FREE_METRICS and THRESHOLD_METRICS (trainables.metrics) reads in the report
@@ -37,6 +38,12 @@ LABELS = {
     "sensitivity": "sensitivity (recall)",
     "specificity": "specificity",
     "f1": "F1",
+}
+# how each of the diagnosis metrics (trainables.diagnosis_metrics) but the per-class AUCs reads
+DIAGNOSIS_LABELS = {
+    "balanced_accuracy": "balanced multi-class accuracy (ISIC 2018-2019 ranking)",
+    "mean_auc": "mean one-vs-rest ROC-AUC",
+    "isic2017_score": "ISIC 2017 Part 3 score (mean of melanoma and seborrheic keratosis AUCs)",
 }
 SECTIONS = {
     "threshold_free": "Threshold-free",
@@ -62,11 +69,14 @@ CACHE_SUFFIX = re.compile(r"-\d+px-(\d+f-s\d+|against-.+)-[0-9a-f]{10}$")
 
 def short_label(dataset: str) -> str:
     """A dataset as a reader names it: `.../prepared/isic-sample-128px-5f-s0-<hash>@0,kaggle` reads
-    `isic-sample fold 0, source kaggle`; a folder of images, by its own name."""
+    `isic-sample fold 0, source kaggle`; a folder of images, by its own name. An ensemble's entries
+    keep what follows ` · ` (`ensemble`, `member 2`)."""
+    dataset, dot, who = dataset.partition(" · ")
     path, _, part = dataset.rstrip("/").partition("@")
     name = CACHE_SUFFIX.sub("", Path(path).name) or path
     fold, _, source = part.partition(",")
-    return name + (f" fold {fold}" if fold else "") + (f", source {source}" if source else "")
+    where = name + (f" fold {fold}" if fold else "") + (f", source {source}" if source else "")
+    return where + (f" · {who}" if dot else "")
 
 
 def relabelled(summary: dict, scored: list) -> tuple[dict, list, dict[str, str]]:
@@ -78,8 +88,11 @@ def relabelled(summary: dict, scored: list) -> tuple[dict, list, dict[str, str]]
         labels[dataset] = label if label not in labels.values() else dataset
     summary = {
         **summary,
-        "datasets": {labels[k]: v for k, v in summary["datasets"].items()},
-        "metrics": {labels[k]: v for k, v in summary["metrics"].items()},
+        **{
+            key: {labels[k]: v for k, v in summary[key].items()}
+            for key in ("datasets", "metrics", "diagnosis", "confusion")
+            if key in summary
+        },
         "threshold_origin": _replaced(summary["threshold_origin"], labels),
     }
     scored = [dataclasses.replace(s, name=labels.get(s.name, s.name)) for s in scored]
@@ -106,7 +119,32 @@ def metric_tables(summary: dict) -> dict[str, pd.DataFrame]:
                 text = f"{cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
                 rows.setdefault(_label(metric, summary["targets"]), {})[dataset] = text
         tables[title] = pd.DataFrame.from_dict(rows, orient="index")
+    if "diagnosis" in summary:
+        tables.update(diagnosis_tables(summary))
     return tables
+
+
+def diagnosis_tables(summary: dict) -> dict[str, pd.DataFrame]:
+    """A diagnosis model's challenge metrics (a row per metric, a column per dataset) and, per
+    dataset, the confusion matrix of its classes (a row per true class, a column per predicted)."""
+    names = {class_key(name): name.replace("_", " ") for name in summary["classes"]}
+    rows: dict[str, dict[str, str]] = {}
+    for dataset, metrics in summary["diagnosis"].items():
+        for metric, cell in metrics.items():
+            text = f"{cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
+            rows.setdefault(_diagnosis_label(metric, names), {})[dataset] = text
+    tables = {"Diagnoses (the challenges' metrics)": pd.DataFrame.from_dict(rows, orient="index")}
+    for dataset, matrix in summary["confusion"].items():
+        true = [f"true {name}" for name in names.values()]
+        table = pd.DataFrame(matrix, index=true, columns=[f"predicted {name}" for name in names.values()])
+        tables[f"Confusion matrix of the diagnoses, {dataset}"] = table.rename_axis("images")
+    return tables
+
+
+def _diagnosis_label(metric: str, names: dict[str, str]) -> str:
+    if metric.startswith("auc_"):
+        return f"ROC-AUC, {names.get(metric.removeprefix('auc_'), metric)} vs the rest"
+    return DIAGNOSIS_LABELS[metric]
 
 
 def _operating_point(labels, scores, threshold):
@@ -230,8 +268,16 @@ def _header(summary: dict, paths: dict[str, str]) -> list[tuple[str, str]]:
     caveat = (
         f"; its figures on {same[0]} are optimistic: chosen and measured on the same images" if same else ""
     )
+    members = summary.get("members", [])
+    if len(members) > 1:
+        listed = "; ".join(
+            f"member {i}: {m['checkpoint']} ({m['backbone']})" for i, m in enumerate(members, 1)
+        )
+        who = [("ensemble", f"the mean of {len(members)} models' class probabilities; {listed}")]
+    else:
+        who = [("checkpoint", summary["checkpoint"])]
     return [
-        ("checkpoint", summary["checkpoint"]),
+        *who,
         ("backbone", summary["backbone"]),
         ("data", sets),
         ("threshold", f"{summary['threshold']:.4f}, {origin}{caveat}"),
@@ -258,6 +304,11 @@ def write_report(out: Path, summary: dict, scored, sections: list[Section] = ())
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     for index, s in enumerate(scored):
         frame = pd.DataFrame({"image_id": s.image_ids, "label": s.labels, "p_malignant": s.scores})
+        if s.probabilities is not None and s.classes:
+            for column, name in enumerate(s.classes):
+                frame[f"p_{name}"] = s.probabilities[:, column]
+            if s.diagnoses is not None:
+                frame["diagnosis"] = [s.classes[i] for i in s.diagnoses]
         frame.to_csv(out / f"predictions-{index + 1}.csv", index=False)
     summary, scored, paths = relabelled(summary, scored)
     pictures = _pictures(out, summary, scored)
@@ -280,7 +331,8 @@ def _markdown(
     lines = ["# Evaluation report", ""]
     lines += [f"- **{key}**: {value}" for key, value in header] + [""]
     for title, table in tables.items():
-        lines += [f"## {title}", "", to_markdown(table.rename_axis("metric").reset_index()), ""]
+        shown = table.rename_axis(table.index.name or "metric").reset_index()
+        lines += [f"## {title}", "", to_markdown(shown), ""]
     lines += [f"![{caption}]({name})" for name, caption in pictures]
     for section in sections:
         lines += ["", f"## {section.title}", "", section.text, "", to_markdown(section.table)]

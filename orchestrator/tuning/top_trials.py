@@ -20,8 +20,9 @@ from orchestrator.config import IN_SOURCE, Spec
 from orchestrator.data.dataset_format import MANIFEST, read_manifest, source_names
 from orchestrator.errors import UserError
 from orchestrator.evaluation.clinical import Options, Targets
-from orchestrator.evaluation.evaluate import evaluate_checkpoint
+from orchestrator.evaluation.evaluate import evaluate_checkpoints
 from orchestrator.storage import StorageError, local_copy, staging_dir
+from orchestrator.tuning.leaderboard import configuration_keys
 
 if TYPE_CHECKING:
     from orchestrator.evaluation.report import Section
@@ -40,6 +41,9 @@ TEST_COLUMNS = [
 ]
 TEST_ERROR = "test_error"  # why a trial that was to be tested was not
 REPORT = "report"
+ENSEMBLE_REPORT = "report-ensemble"
+# a test metric's columns: its value and the bounds of its 95% interval
+INTERVAL_KEYS = (("", "value"), ("_low", "low"), ("_high", "high"))
 TENSORBOARD = "test-results"
 ROC_IMAGE = "val/roc_of_the_best_trial"  # beside the curves: its validation fold (and any test sets)
 
@@ -70,6 +74,12 @@ def has_tests(spec: Spec) -> bool:
     return spec.data.test_fold is not None or bool(spec.evaluation.test)
 
 
+def test_sets(spec: Spec, prepared: Path) -> list[str]:
+    """The internal test fold (as PREPARED@FOLD), then the spec's test datasets."""
+    internal = [f"{prepared}@{spec.data.test_fold}"] if spec.data.test_fold is not None else []
+    return internal + spec.evaluation.test
+
+
 def candidates(frame: pd.DataFrame) -> pd.DataFrame:
     """Trials with a checkpoint validated on folds of every source, best first. A held-out source's
     trials are left out: their best epoch and threshold were chosen on that source, so testing them
@@ -84,8 +94,7 @@ def evaluate_top_trials(
     """The leaderboard with test columns for its `evaluation.top` best trials (with no test set:
     the leaderboard as it is). The best trial gets a report: its validation fold, the test sets and
     `sections` (a shortcut audit, held-out sources)."""
-    internal = [f"{prepared}@{spec.data.test_fold}"] if spec.data.test_fold is not None else []
-    tests = internal + spec.evaluation.test
+    tests = test_sets(spec, prepared)
     for test in tests:
         warn_if_not_deduplicated(test, prepared)
     from orchestrator.evaluation.report import write_report
@@ -102,8 +111,8 @@ def evaluate_top_trials(
         data = [validation, *(by_source if len(sources) > 1 else []), *tests] if position == 0 else tests
         try:
             checkpoint = local_copy(row["checkpoint"], staging_dir("checkpoints"))  # from remote storage
-            summary, scored = evaluate_checkpoint(
-                checkpoint, data, validation, options_for(spec), spec.data.cache
+            summary, scored = evaluate_checkpoints(
+                [checkpoint], data, validation, options_for(spec), spec.data.cache
             )
         except StorageError:
             raise
@@ -119,9 +128,8 @@ def evaluate_top_trials(
             prefix = "test" if number == 1 else f"test{number}"
             for group, metric in TEST_COLUMNS:
                 cell = summary["metrics"][test][group][metric]
-                frame.loc[index, f"{prefix}_{metric}"] = cell["value"]
-                frame.loc[index, f"{prefix}_{metric}_low"] = cell["low"]
-                frame.loc[index, f"{prefix}_{metric}_high"] = cell["high"]
+                for end, key in INTERVAL_KEYS:
+                    frame.loc[index, f"{prefix}_{metric}{end}"] = cell[key]
         if position == 0:
             html = write_report(run_dir / REPORT, summary, scored, sections)
             log.info("best trial's report: %s", html)
@@ -146,3 +154,48 @@ def write_roc_image(run_dir: Path) -> None:
         with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
             image = np.asarray(Image.open(roc).convert("RGB")).transpose(2, 0, 1)
             writer.add_image(ROC_IMAGE, image)
+
+
+def ensemble_members(frame: pd.DataFrame, spec: Spec) -> pd.DataFrame:
+    """The trials whose checkpoints make `evaluation.ensemble`: the N best, or (`folds`) every fold
+    model of the best configuration."""
+    found = candidates(frame)
+    if spec.evaluation.ensemble != "folds":
+        return found.head(spec.evaluation.ensemble)
+    if found.empty:
+        return found
+    keys = configuration_keys(found)
+    same = found[keys].astype(str) == found[keys].iloc[0].astype(str)  # NaN reads "nan" on both sides
+    return found[same.all(axis=1)]
+
+
+def evaluate_ensemble(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: Path) -> pd.DataFrame | None:
+    """The ensemble's test metrics and each member's, a row each (the ensemble first), and its
+    report in `<run>/report-ensemble/`; None when fewer than two trials have a checkpoint."""
+    members = ensemble_members(frame, spec)
+    if len(members) < 2:
+        log.warning("evaluation.ensemble needs two trials with a checkpoint; %d has one", len(members))
+        return None
+    from orchestrator.evaluation.report import write_report
+
+    tests = test_sets(spec, prepared)
+    checkpoints = [local_copy(c, staging_dir("checkpoints")) for c in members["checkpoint"]]
+    summary, scored = evaluate_checkpoints(checkpoints, tests, None, options_for(spec), spec.data.cache)
+    write_report(run_dir / ENSEMBLE_REPORT, summary, scored)
+    described = [{"model": "ensemble", "trials": len(members)}]
+    for number, (_, trial) in enumerate(members.iterrows(), start=1):
+        shown = {key: trial[key] for key in ("trial_id", "backbone", "val_fold") if key in trial}
+        described.append({"model": f"member {number}", **shown})
+    rows = []
+    for who, row in zip(
+        ["ensemble"] + [f"member {n}" for n in range(1, len(members) + 1)], described, strict=True
+    ):
+        for number, test in enumerate(tests, start=1):
+            prefix = "test" if number == 1 else f"test{number}"
+            name = f"{test} · {who}"
+            cells = {metric: summary["metrics"][name][group][metric] for group, metric in TEST_COLUMNS}
+            cells.update(summary.get("diagnosis", {}).get(name, {}))
+            for metric, cell in cells.items():
+                row.update({f"{prefix}_{metric}{end}": cell[key] for end, key in INTERVAL_KEYS})
+        rows.append(row)
+    return pd.DataFrame(rows)
