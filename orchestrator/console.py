@@ -24,6 +24,7 @@ from ray.tune import Callback
 
 from orchestrator.config import Spec, asha_rungs
 from orchestrator.data.dataset_format import Manifest, task_labels
+from orchestrator.data.pipeline import oversample_factors, train_class_counts
 from orchestrator.errors import error_reason
 from orchestrator.storage import Storage
 from orchestrator.tables import interval_text
@@ -94,12 +95,33 @@ def print_plan(
     folds = len(counts.per_fold)
     print(f"Data: {counts.total} images ({classes}), {folds} folds; {validation(spec, manifest)}", file=out)
     if labels.task == "diagnosis":
-        malignant = " + ".join(labels.malignant) or "no class"
+        malignant = " + ".join(labels.malignant)
         print(f"Task: {len(labels.classes)} diagnosis classes; P(malignant) = P({malignant})", file=out)
+    growth = oversampled_epoch(spec, manifest)
+    if growth is not None:
+        print(
+            f"Balance: oversampling makes each epoch {growth[0]} images, {growth[1]:.0f}x the training "
+            "images (every class brought up to the largest); balance: class_weight keeps epochs as "
+            "long as the data",
+            file=out,
+        )
     print(f"Results: {run.uri}", file=out)
     if log_path is not None:
         print(f"Ray's output: {log_path} (--verbose prints it here instead)", file=out)
     out.flush()
+
+
+def oversampled_epoch(spec: Spec, manifest: Manifest) -> tuple[int, float] | None:
+    """(images per epoch, times the training images) of the first split when oversampling makes an
+    epoch more than 3 times as long as the data; None otherwise."""
+    if spec.data.balance != "oversample":
+        return None
+    val_fold, val_source = spec.data.splits()[0]
+    counts = train_class_counts(manifest, val_fold, spec.data.test_fold, val_source, spec.data.task)
+    factors = oversample_factors(counts)
+    images = round(sum(counts[label] * factors.get(label, 0) for label in counts))
+    growth = images / max(sum(counts.values()), 1)
+    return (images, growth) if growth > 3 else None
 
 
 def validation(spec: Spec, manifest: Manifest) -> str:

@@ -149,10 +149,13 @@ def check_task(spec: Spec, manifest: Manifest, prepared: Path) -> None:
             f"scheduler.metric {spec.scheduler.metric!r} is not reported for the classes of {prepared} "
             f"({', '.join(labels.classes)}); use one of {', '.join(reported)}"
         )
-    for name in manifest.diagnoses.mixed:
-        called = "malignant" if name in labels.malignant else "benign"
-        log.warning(
-            "%s: images of %s carry both binary labels; P(malignant) counts it as %s", prepared, name, called
+    mixed = manifest.diagnoses.mixed
+    if mixed or not labels.malignant:
+        why = f"the images of {', '.join(mixed)} carry both labels" if mixed else "no class is malignant"
+        raise UserError(
+            f"{prepared}: {why}, so P(malignant) cannot be the sum of the malignant classes' "
+            "probabilities; use data.task: binary, or name the malignant diagnoses (data.malignant) "
+            "and prepare again"
         )
 
 

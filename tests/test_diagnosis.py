@@ -220,12 +220,17 @@ def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local,
     # TensorBoard: the curves of the diagnosis metrics under their own tags
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = set()
+    tags, images = set(), set()
     for events in run_dir.rglob("events.out.tfevents.*"):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
+        images |= set(accumulator.Tags()["images"])
     assert {"diagnosis/balanced_accuracy", "diagnosis/auc_melanoma", "diagnosis/isic2017_score"} <= tags
+    assert "diagnosis/confusion_of_the_best_trial" in images
+    # the leaderboard's confusion matrix: a row per true class, 4 validation images of each
+    matrix = [[int(n) for n in row.split()] for row in best["best_val_confusion"].split("; ")]
+    assert [sum(row) for row in matrix] == [4, 4, 4]
     # the ensemble of the two fold models: its probabilities are their mean, on the test images
     table = pd.read_csv(run_dir / "ensemble.csv")
     assert list(table["model"]) == ["ensemble", "member 1", "member 2"]
@@ -240,3 +245,22 @@ def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local,
             (members[0][name] + members[1][name]).to_numpy() / 2
         )
     assert "Confusion matrix of the diagnoses" in (report / "report.md").read_text()
+
+
+@needs_isic2017
+def test_a_sweep_refuses_classes_that_hold_both_labels_and_metrics_of_other_classes(prepared):
+    from orchestrator.driver import check_task
+
+    manifest = read_manifest(prepared)
+    spec = parse_spec(spec_dict(data={"task": "diagnosis"}, scheduler={"metric": "val_auc_nevus"}))
+    check_task(spec, manifest, prepared)  # the dataset's own classes
+    unknown = spec.model_copy(
+        update={"scheduler": spec.scheduler.model_copy(update={"metric": "val_auc_mel"})}
+    )
+    with pytest.raises(UserError, match="'val_auc_mel' is not reported for the classes.*val_auc_nevus"):
+        check_task(unknown, manifest, prepared)
+    mixed = manifest.model_copy(
+        update={"diagnoses": manifest.diagnoses.model_copy(update={"mixed": ["nevus"]})}
+    )
+    with pytest.raises(UserError, match="images of nevus carry both labels.*data.task: binary"):
+        check_task(spec, mixed, prepared)

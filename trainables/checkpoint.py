@@ -78,7 +78,9 @@ class CheckpointMeta:
     @property
     def positive_indices(self) -> list[int]:
         """The outputs whose probabilities add up to P(malignant)."""
-        return malignant_indices(self.classes, self.malignant or self.classes[-1:])
+        return malignant_indices(
+            self.classes, self.classes[-1:] if self.malignant is None else self.malignant
+        )
 
     @classmethod
     def from_json(cls, text: str, where: str) -> CheckpointMeta:

@@ -91,9 +91,20 @@ def reported_diagnosis_metrics(classes: Sequence[str]) -> list[str]:
 
 def validation_report(
     labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]
-) -> dict[str, float]:
-    """An epoch's diagnosis metrics, as `reported_diagnosis_metrics` names them."""
-    return {f"val_{name}": value for name, value in with_intervals(labels, probabilities, classes).items()}
+) -> dict[str, float | str]:
+    """An epoch's diagnosis metrics, as `reported_diagnosis_metrics` names them, and its confusion
+    matrix as `val_confusion` (`confusion_text`)."""
+    metrics: dict[str, float | str] = {
+        f"val_{name}": value for name, value in with_intervals(labels, probabilities, classes).items()
+    }
+    metrics["val_confusion"] = confusion_text(confusion_matrix(labels, probabilities))
+    return metrics
+
+
+def confusion_text(matrix: np.ndarray) -> str:
+    """A confusion matrix as one leaderboard cell: its rows (true classes, in the model's class
+    order) separated by `; `, each row's counts by spaces: `12 3 1; 2 20 4; 0 5 7`."""
+    return "; ".join(" ".join(str(int(count)) for count in row) for row in np.asarray(matrix))
 
 
 def with_intervals(

@@ -50,9 +50,10 @@ def predict(
             logits = scorer(normalize(batch["image"]))
         labels.append(batch["label"].cpu().numpy())
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(labels), np.concatenate(probabilities) if probabilities else np.empty(
-        (0, 0), np.float32
-    )
+    if not probabilities:  # no images: no rows, a column per class
+        classes = getattr(getattr(model, "module", model), "num_classes", 2)
+        probabilities.append(np.empty((0, classes), np.float32))
+    return np.concatenate(labels), np.concatenate(probabilities)
 
 
 def malignant_indices(classes: Sequence[str], malignant: Sequence[str]) -> list[int]:

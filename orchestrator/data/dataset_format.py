@@ -169,25 +169,28 @@ def source_names(manifest: Manifest) -> list[str]:
 @dataclass(frozen=True)
 class TaskLabels:
     """What a model of one task (`data.task`) learns: its classes (the model's outputs, in order),
-    those whose probabilities add up to P(malignant), the counts per fold and source, and the row
-    column the labels come from."""
+    those whose probabilities add up to P(malignant), and the counts per fold and source."""
 
     task: str
     classes: list[str]
     malignant: list[str]
     counts: Counts
-    column: str  # "label" (binary: 0 benign, 1 malignant) or "diagnosis" (a class name)
 
 
 def task_labels(manifest: Manifest, task: str, prepared: str | Path) -> TaskLabels:
     """The labels of `task` ("binary" or "diagnosis") in the dataset `prepared`."""
     if task == "binary":
-        return TaskLabels(task, manifest.classes, [manifest.positive_class], manifest.counts, "label")
+        return TaskLabels(task, manifest.classes, [manifest.positive_class], manifest.counts)
     found = manifest.diagnoses
     if found is None:
-        raise UserError(
-            f"{prepared} has no diagnosis per image, which data.task: diagnosis needs: a "
-            "folder-per-class source has only its two folders; prepare an ISIC ground-truth or "
-            "metadata source (prepared with this version), or use data.task: binary"
+        why = (
+            "some of its images have no diagnosis, or it was prepared by an earlier version (remove "
+            "it, or the cached copy, to prepare it again)"
+            if "diagnosis" in manifest.metadata_fields
+            else "a folder-per-class source has only its two folders"
         )
-    return TaskLabels(task, found.classes, found.malignant, found.counts, "diagnosis")
+        raise UserError(
+            f"{prepared} has no diagnosis classes, which data.task: diagnosis needs: {why}; "
+            "or use data.task: binary"
+        )
+    return TaskLabels(task, found.classes, found.malignant, found.counts)

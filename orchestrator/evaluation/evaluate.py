@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from trainables.precision import Normalize
 from trainables.transforms import Preprocess
 
 BATCH = 64
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -150,16 +152,30 @@ def score(
     scores = malignant_probability(probabilities, meta.positive_indices)
     if meta.task != "diagnosis":
         return Scored(name, ids, labels, scores)
-    known = all(diagnosis in meta.classes for diagnosis in diagnoses)
-    truth = np.array([meta.classes.index(d) for d in diagnoses]) if known else None
+    unknown = sorted({str(d) for d in diagnoses if d not in meta.classes})
+    if unknown:  # the binary metrics stand; the diagnosis metrics need the model's classes
+        log.warning(
+            "%s: no diagnosis metrics: its images' diagnoses (%s) are not all among the model's classes (%s)",
+            name,
+            ", ".join(unknown[:5]),
+            ", ".join(meta.classes),
+        )
+        return Scored(name, ids, labels, scores, probabilities, None, list(meta.classes))
+    truth = np.array([meta.classes.index(d) for d in diagnoses])
     return Scored(name, ids, labels, scores, probabilities, truth, list(meta.classes))
 
 
 def ensemble_of(name: str, members: list[Scored]) -> Scored:
     """The members' scores of one dataset averaged (the mean of their class probabilities)."""
     first = members[0]
-    if any(member.image_ids != first.image_ids for member in members):
-        raise ValueError(f"{name}: the members scored different images")
+    for member in members[1:]:
+        if member.image_ids != first.image_ids:
+            differ = sorted(set(member.image_ids) ^ set(first.image_ids))[:5]
+            raise UserError(
+                f"{name}: {member.name} scored other images than {first.name} (e.g. {', '.join(differ)}): "
+                "members of different input sizes prepared raw images apart; prepare the data once "
+                "(isic-prepare) and evaluate on the prepared copy"
+            )
     probabilities = None
     if first.probabilities is not None:
         probabilities = np.mean([member.probabilities for member in members], axis=0)
@@ -311,6 +327,12 @@ def split_arguments(
     ):
         count += 1
     checkpoints, data = arguments[:count], arguments[count:]
+    missing = [item for item in data if not Path(item.partition("@")[0]).exists()]
+    if checkpoints and missing:
+        raise UserError(
+            f"data not found: {missing[0]} (nor is it a checkpoint, a folder holding {META_FILE}); "
+            f"give the checkpoints first, then {what}"
+        )
     if not checkpoints:
         raise UserError(
             f"{arguments[0]} is not a checkpoint (a folder holding {META_FILE}, or its s3:// / gs:// URI); "

@@ -134,17 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for (path, probabilities), probability in zip(found.items(), scores.tolist(), strict=True):
             decision = positive if probability >= threshold else meta.negative_class
-            diagnosis = [f"{p:.6f}" for p in probabilities] + [classes[int(np.argmax(probabilities))]]
-            writer.writerow(
-                [
-                    path,
-                    f"{probability:.6f}",
-                    decision,
-                    f"{threshold:.6f}",
-                    *(diagnosis if classes else []),
-                    "",
-                ]
-            )
+            row = [path, f"{probability:.6f}", decision, f"{threshold:.6f}"]
+            if classes:  # a diagnosis model: each class's probability and the most probable one
+                row += [f"{p:.6f}" for p in probabilities] + [classes[int(np.argmax(probabilities))]]
+            writer.writerow([*row, ""])
         for path, reason in failures.items():
             writer.writerow([path, "", "", "", *[""] * len(extra), reason])
     flagged = int((scores >= threshold).sum())

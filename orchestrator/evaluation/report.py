@@ -50,6 +50,8 @@ SECTIONS = {
     "at_threshold": "At the chosen threshold",
     "at_0.5": "At threshold 0.5",
 }
+# the pictures of a diagnosis model's confusion matrices, one per dataset (`-1.png`, ...)
+DIAGNOSIS_CONFUSION = "diagnosis-confusion"
 # (file name in the report folder, caption) of each picture
 Pictures = list[tuple[str, str]]
 # report.html comes from templates/report.html.j2; every value but the tables (see _html) is escaped
@@ -207,10 +209,18 @@ def plot_reliability(scored, bins: int, path: Path) -> None:
 def plot_confusion(s, threshold: float, path: Path) -> None:
     tp, fp, fn, tn = confusion_counts(s.labels, s.scores, threshold)
     matrix = np.array([[tn, fp], [fn, tp]])  # rows: true benign, malignant; columns: predicted
-    figure, axis = plt.subplots(figsize=(4.2, 3.8))
+    plot_matrix(matrix, ["benign", "malignant"], f"{s.name}\nthreshold {threshold:.3f}", path)
+
+
+def plot_matrix(matrix: np.ndarray, classes: list[str], title: str, path: Path) -> None:
+    """A confusion matrix: a row per true class, a column per predicted one, each cell's count and
+    its share of the row."""
+    matrix = np.asarray(matrix)
+    k = len(classes)
+    figure, axis = plt.subplots(figsize=(2.2 + 1.0 * k, 1.8 + 1.0 * k))
     axis.imshow(matrix / matrix.sum(1, keepdims=True).clip(1), cmap="Blues", vmin=0, vmax=1)
-    for row in range(2):
-        for column in range(2):
+    for row in range(k):
+        for column in range(k):
             share = matrix[row, column] / max(matrix[row].sum(), 1)
             axis.text(
                 column,
@@ -220,15 +230,18 @@ def plot_confusion(s, threshold: float, path: Path) -> None:
                 va="center",
                 color="white" if share > 0.6 else "black",
             )
+    names = [name.replace("_", " ") for name in classes]
     axis.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=["benign", "malignant"],
-        yticklabels=["benign", "malignant"],
+        xticks=range(k),
+        yticks=range(k),
+        xticklabels=names,
+        yticklabels=names,
         xlabel="predicted",
         ylabel="true",
-        title=f"{s.name}\nthreshold {threshold:.3f}",
+        title=title,
     )
+    if k > 2:
+        plt.setp(axis.get_xticklabels(), rotation=30, ha="right")
     _save(figure, path)
 
 
@@ -255,6 +268,10 @@ def _pictures(out: Path, summary: dict, scored) -> Pictures:
         name = f"confusion-{index + 1}.png"
         plot_confusion(s, threshold, out / name)
         pictures.append((name, f"Confusion matrix, {s.name}, at the chosen threshold"))
+    for index, (dataset, matrix) in enumerate(summary.get("confusion", {}).items()):
+        name = f"{DIAGNOSIS_CONFUSION}-{index + 1}.png"
+        plot_matrix(matrix, summary["classes"], f"{dataset}\nmost probable diagnosis", out / name)
+        pictures.append((name, f"Confusion matrix of the diagnoses, {dataset} (the most probable class)"))
     return pictures
 
 

@@ -20,6 +20,7 @@ from orchestrator.console import trial_label, trial_number  # noqa: E402
 from orchestrator.evaluation.report import TEMPLATES  # noqa: E402
 from orchestrator.tuning import leaderboard  # noqa: E402
 from orchestrator.tuning.leaderboard import UNFINISHED  # noqa: E402
+from trainables.metrics import RANKING_METRICS  # noqa: E402
 
 SWEEP_PAGE = "sweep.html"
 CURVES = "curves.png"
@@ -28,26 +29,36 @@ ENDS = {"completed": "o", "stopped early": "x", "failed": "X", UNFINISHED: "s"}
 MARKERS = ", ".join(f"{'square' if marker == 's' else marker}: {status}" for status, marker in ENDS.items())
 
 
+def curve_metric(spec: Spec) -> tuple[str, str]:
+    """(the metric the curves show, how it reads): the validation ROC-AUC, or a diagnosis task's
+    ranking metric when it is one of the task's own."""
+    metric = spec.scheduler.metric
+    if spec.data.task == "diagnosis" and metric.startswith("val_") and metric not in RANKING_METRICS:
+        return metric, f"validation {metric.removeprefix('val_').replace('_', ' ')}"
+    return "val_auc", "validation ROC-AUC"
+
+
 def plot_curves(frame: pd.DataFrame, histories: dict[str, pd.DataFrame], spec: Spec, path: Path) -> None:
-    """Validation ROC-AUC per epoch of every trial, each curve's end marked by how the trial ended,
+    """`curve_metric` per epoch of every trial, each curve's end marked by how the trial ended,
     ASHA's rungs dotted."""
+    metric, name = curve_metric(spec)
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for _, row in frame.iterrows():
         history = histories.get(row["trial_id"])
-        if history is None or "val_auc" not in history:
+        if history is None or metric not in history:
             continue
-        points = history[["epoch", "val_auc"]].dropna()
+        points = history[["epoch", metric]].dropna()
         if points.empty:
             continue
         label = f"#{trial_number(row)} {trial_label(spec, row.to_dict())}"
-        (line,) = axes.plot(points["epoch"], points["val_auc"], marker=".", label=label)
+        (line,) = axes.plot(points["epoch"], points[metric], marker=".", label=label)
         end = points.iloc[-1]
         marker = ENDS.get(row["status"], "o")
-        axes.plot([end["epoch"]], [end["val_auc"]], marker=marker, markersize=9, color=line.get_color())
+        axes.plot([end["epoch"]], [end[metric]], marker=marker, markersize=9, color=line.get_color())
     for epoch in asha_rungs(spec):
         axes.axvline(epoch, color="#999", linestyle=":", linewidth=1)
     axes.set_xlabel("epoch")
-    axes.set_ylabel("validation ROC-AUC")
+    axes.set_ylabel(name)
     axes.set_xlim(0.5, spec.train.epochs + 0.5)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
@@ -84,7 +95,7 @@ def write_sweep_page(
         notes=leaderboard.notes(frame),
         table=Markup(table.to_html(escape=True, index=False, na_rep="", float_format="{:.4g}".format)),
         curves=f"data:image/png;base64,{picture}",
-        caption=f"Validation ROC-AUC per epoch; {MARKERS}. {stops}",
+        caption=f"{curve_metric(spec)[1].capitalize()} per epoch; {MARKERS}. {stops}",
         report=(out / "report.html").exists(),
     )
     (out / SWEEP_PAGE).write_text(page)

@@ -78,6 +78,11 @@ def reported(metrics) -> list[str]:
     ]
 
 
+def _cell(value):
+    """A reported value as a leaderboard cell: a number as a float, text (`val_confusion`) as it is."""
+    return value if isinstance(value, str) else float(value)
+
+
 def _status(result, epochs_run: int, spec: Spec) -> tuple[str, str]:
     failure = (result.metrics or {}).get("failure")
     if failure:  # the train loop ended the trial itself, e.g. on a non-finite loss
@@ -125,7 +130,7 @@ def build(results: ResultGrid, spec: Spec, kept: dict[str, list[tuple[str, dict]
             row.update({f"best_{m}": best.get(m) for m in reported(best)})
             row["checkpoint"] = path
         if history is not None:
-            row.update({f"last_{m}": float(history[m].iloc[-1]) for m in reported(history) if m in history})
+            row.update({f"last_{m}": _cell(history[m].iloc[-1]) for m in reported(history) if m in history})
         row["error"] = error
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -22,7 +22,7 @@ from orchestrator.errors import UserError
 from orchestrator.evaluation.clinical import Options, Targets
 from orchestrator.evaluation.evaluate import evaluate_checkpoints
 from orchestrator.storage import StorageError, local_copy, staging_dir
-from orchestrator.tuning.leaderboard import configuration_keys
+from orchestrator.tuning.leaderboard import by_configuration, configuration_keys
 
 if TYPE_CHECKING:
     from orchestrator.evaluation.report import Section
@@ -46,6 +46,7 @@ ENSEMBLE_REPORT = "report-ensemble"
 INTERVAL_KEYS = (("", "value"), ("_low", "low"), ("_high", "high"))
 TENSORBOARD = "test-results"
 ROC_IMAGE = "val/roc_of_the_best_trial"  # beside the curves: its validation fold (and any test sets)
+CONFUSION_IMAGE = "diagnosis/confusion_of_the_best_trial"  # a diagnosis model's, on its validation fold
 
 
 def options_for(spec: Spec) -> Options:
@@ -126,8 +127,7 @@ def evaluate_top_trials(
             frame.loc[index, "test_threshold"] = summary["threshold"]
         for number, test in enumerate(tests, start=1):
             prefix = "test" if number == 1 else f"test{number}"
-            for group, metric in TEST_COLUMNS:
-                cell = summary["metrics"][test][group][metric]
+            for metric, cell in test_cells(summary, test).items():
                 for end, key in INTERVAL_KEYS:
                     frame.loc[index, f"{prefix}_{metric}{end}"] = cell[key]
         if position == 0:
@@ -135,6 +135,14 @@ def evaluate_top_trials(
             log.info("best trial's report: %s", html)
     write_roc_image(run_dir)
     return frame
+
+
+def test_cells(summary: dict, name: str) -> dict[str, dict]:
+    """The test columns' cells ({"value", "low", "high"}) of evaluation entry `name`: TEST_COLUMNS,
+    then a diagnosis model's own metrics."""
+    cells = {metric: summary["metrics"][name][group][metric] for group, metric in TEST_COLUMNS}
+    cells.update(summary.get("diagnosis", {}).get(name, {}))
+    return cells
 
 
 def failure(err: Exception) -> str:
@@ -145,27 +153,34 @@ def failure(err: Exception) -> str:
 
 
 def write_roc_image(run_dir: Path) -> None:
-    """The best trial's ROC curve, for TensorBoard's Images tab, in `<run>/test-results`."""
+    """The best trial's ROC curve (and a diagnosis model's confusion matrix on its validation fold),
+    for TensorBoard's Images tab, in `<run>/test-results`."""
     from PIL import Image
     from tensorboardX import SummaryWriter
 
-    roc = run_dir / REPORT / "roc.png"
-    if roc.exists():
+    from orchestrator.evaluation.report import DIAGNOSIS_CONFUSION
+
+    # the report's first dataset is the validation fold
+    confusion = run_dir / REPORT / f"{DIAGNOSIS_CONFUSION}-1.png"
+    pictures = {ROC_IMAGE: run_dir / REPORT / "roc.png", CONFUSION_IMAGE: confusion}
+    found = {tag: path for tag, path in pictures.items() if path.exists()}
+    if found:
         with SummaryWriter(str(run_dir / TENSORBOARD)) as writer:
-            image = np.asarray(Image.open(roc).convert("RGB")).transpose(2, 0, 1)
-            writer.add_image(ROC_IMAGE, image)
+            for tag, path in found.items():
+                writer.add_image(tag, np.asarray(Image.open(path).convert("RGB")).transpose(2, 0, 1))
 
 
 def ensemble_members(frame: pd.DataFrame, spec: Spec) -> pd.DataFrame:
     """The trials whose checkpoints make `evaluation.ensemble`: the N best, or (`folds`) every fold
-    model of the best configuration."""
+    model of the configuration with the best mean over its folds."""
     found = candidates(frame)
     if spec.evaluation.ensemble != "folds":
         return found.head(spec.evaluation.ensemble)
     if found.empty:
         return found
     keys = configuration_keys(found)
-    same = found[keys].astype(str) == found[keys].iloc[0].astype(str)  # NaN reads "nan" on both sides
+    best = by_configuration(found, spec.scheduler.metric, spec.scheduler.resolved_mode).iloc[0]
+    same = found[keys].astype(str) == best[keys].astype(str)  # NaN reads "nan" on both sides
     return found[same.all(axis=1)]
 
 
@@ -192,10 +207,7 @@ def evaluate_ensemble(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: 
     ):
         for number, test in enumerate(tests, start=1):
             prefix = "test" if number == 1 else f"test{number}"
-            name = f"{test} · {who}"
-            cells = {metric: summary["metrics"][name][group][metric] for group, metric in TEST_COLUMNS}
-            cells.update(summary.get("diagnosis", {}).get(name, {}))
-            for metric, cell in cells.items():
+            for metric, cell in test_cells(summary, f"{test} · {who}").items():
                 row.update({f"{prefix}_{metric}{end}": cell[key] for end, key in INTERVAL_KEYS})
         rows.append(row)
     return pd.DataFrame(rows)
