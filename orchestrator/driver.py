@@ -51,7 +51,9 @@ from orchestrator.storage import (
 from orchestrator.tuning import leaderboard
 from orchestrator.tuning.tensorboard import TrialCurves, write_hparams
 from orchestrator.tuning.top_trials import (
+    DIAGNOSIS_PREFIX,
     ENSEMBLE_REPORT,
+    ENSEMBLE_SHOWN,
     REPORT,
     TEST_ERROR,
     candidates,
@@ -489,14 +491,15 @@ def ensembled(frame: Any, spec: Spec, prepared: Path, shared: str, local_dir: Pa
 
 
 def ensemble_view(table: Any) -> Any:
-    """The ensemble table as the console and `ensemble.md` show it: each test metric as
+    """The ensemble table as the console and `ensemble.md` show it: who each row is, then per test
+    set its ROC-AUC, sensitivity and specificity and a diagnosis model's metrics, as
     `value [low, high]`."""
     shown = table[[c for c in table if not c.startswith("test")]].copy()
     for column in [c for c in table if c.startswith("test") and f"{c}_low" in table]:
-        shown[column] = [
-            f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
-            for v, lo, hi in zip(table[column], table[f"{column}_low"], table[f"{column}_high"], strict=True)
-        ]
+        metric = column.partition("_")[2]
+        if metric in ENSEMBLE_SHOWN or metric.startswith(DIAGNOSIS_PREFIX):
+            bounds = zip(table[column], table[f"{column}_low"], table[f"{column}_high"], strict=True)
+            shown[column] = [f"{value:.3f} [{low:.3f}, {high:.3f}]" for value, low, high in bounds]
     return shown
 
 
@@ -601,7 +604,11 @@ def summarise(spec: Spec, run_dir: Path, frame: Any) -> int:
         print((run_dir / f"{LEADERBOARD}-loso.md").read_text())
     print(f"\nTensorBoard: tensorboard --logdir {where}")
     if (run_dir / f"{ENSEMBLE}.md").exists():
-        print(f"\nEnsemble ({spec.evaluation.ensemble}) and its members on the test sets:\n")
+        members = len((run_dir / f"{ENSEMBLE}.csv").read_text().splitlines()) - 2  # a header, the ensemble
+        which = (
+            "fold models of the best configuration" if spec.evaluation.ensemble == "folds" else "best trials"
+        )
+        print(f"\nThe ensemble of {members} {which} and each of them on the test sets:\n")
         print((run_dir / f"{ENSEMBLE}.md").read_text())
     pages = (
         (REPORT, SWEEP_PAGE, "The sweep's page"),

@@ -235,7 +235,13 @@ def test_a_three_class_sweep_reports_the_challenge_metrics_end_to_end(ray_local,
     table = pd.read_csv(run_dir / "ensemble.csv")
     assert list(table["model"]) == ["ensemble", "member 1", "member 2"]
     assert sorted(table["val_fold"].dropna()) == [0, 1]
-    for column in ("test_roc_auc", "test_balanced_accuracy", "test_auc_melanoma", "test_isic2017_score"):
+    assert table["test_diagnosis_isic2017_score"].to_numpy() == pytest.approx(
+        (table["test_diagnosis_auc_melanoma"] + table["test_diagnosis_auc_seborrheic_keratosis"]).to_numpy()
+        / 2
+    )
+    # the top trials' own test columns: the binary ones and the diagnosis ones apart
+    assert {"test_balanced_accuracy", "test_diagnosis_balanced_accuracy"} <= set(frame.columns)
+    for column in ("test_roc_auc", "test_diagnosis_balanced_accuracy", "test_diagnosis_auc_melanoma"):
         assert table[column].between(0, 1).all(), column
     report = run_dir / "report-ensemble"
     ensemble, *members = (pd.read_csv(report / f"predictions-{n}.csv") for n in (1, 2, 3))

@@ -372,7 +372,8 @@ def _html(
         return {"src": f"data:image/png;base64,{data}", "caption": caption}
 
     def table(frame: pd.DataFrame, index: bool = True) -> Markup:
-        return Markup(frame.to_html(escape=True, index=index))  # pandas escapes every cell
+        # pandas escapes every cell; an index's name would take a header row of its own
+        return Markup(frame.rename_axis(None).to_html(escape=True, index=index))
 
     return TEMPLATES.get_template("report.html.j2").render(
         header=[(key, str(value)) for key, value in header],

@@ -40,6 +40,9 @@ TEST_COLUMNS = [
     ("at_threshold", "f1"),
 ]
 TEST_ERROR = "test_error"  # why a trial that was to be tested was not
+DIAGNOSIS_PREFIX = "diagnosis_"  # a diagnosis model's test columns: test_diagnosis_auc_melanoma, ...
+# what the printed ensemble table shows of each test set (ensemble.csv holds every test column)
+ENSEMBLE_SHOWN = ("roc_auc", "sensitivity", "specificity")
 REPORT = "report"
 ENSEMBLE_REPORT = "report-ensemble"
 # a test metric's columns: its value and the bounds of its 95% interval
@@ -139,9 +142,11 @@ def evaluate_top_trials(
 
 def test_cells(summary: dict, name: str) -> dict[str, dict]:
     """The test columns' cells ({"value", "low", "high"}) of evaluation entry `name`: TEST_COLUMNS,
-    then a diagnosis model's own metrics."""
+    then a diagnosis model's own metrics as `diagnosis_<metric>` (`diagnosis_balanced_accuracy`
+    is over the classes, `balanced_accuracy` over malignant and benign at the threshold)."""
     cells = {metric: summary["metrics"][name][group][metric] for group, metric in TEST_COLUMNS}
-    cells.update(summary.get("diagnosis", {}).get(name, {}))
+    diagnosis = summary.get("diagnosis", {}).get(name, {})
+    cells.update({f"{DIAGNOSIS_PREFIX}{metric}": cell for metric, cell in diagnosis.items()})
     return cells
 
 
@@ -197,7 +202,7 @@ def evaluate_ensemble(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: 
     checkpoints = [local_copy(c, staging_dir("checkpoints")) for c in members["checkpoint"]]
     summary, scored = evaluate_checkpoints(checkpoints, tests, None, options_for(spec), spec.data.cache)
     write_report(run_dir / ENSEMBLE_REPORT, summary, scored)
-    described = [{"model": "ensemble", "trials": len(members)}]
+    described: list[dict] = [{"model": "ensemble"}]
     for number, (_, trial) in enumerate(members.iterrows(), start=1):
         shown = {key: trial[key] for key in ("trial_id", "backbone", "val_fold") if key in trial}
         described.append({"model": f"member {number}", **shown})
