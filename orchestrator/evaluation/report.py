@@ -276,10 +276,13 @@ def _pictures(out: Path, summary: dict, scored) -> Pictures:
 
 
 def _header(summary: dict, paths: dict[str, str]) -> list[tuple[str, str]]:
-    sets = "; ".join(
-        f"{k}: {v['images']} images, {v['malignant']} malignant ({paths.get(k, k)})"
+    described = {  # an ensemble's entries of one dataset (` · ensemble`, ` · member 1`) once
+        k.partition(" · ")[
+            0
+        ]: f"{v['images']} images, {v['malignant']} malignant ({paths.get(k, k).partition(' · ')[0]})"
         for k, v in summary["datasets"].items()
-    )
+    }
+    sets = "; ".join(f"{name}: {text}" for name, text in described.items())
     origin = summary["threshold_origin"]
     same = [k for k in summary["datasets"] if origin.startswith(f"chosen on {k} (")]
     caveat = (
