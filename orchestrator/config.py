@@ -463,7 +463,24 @@ def parse_spec(raw: Any, origin: str = "<spec>") -> Spec:
         first = next((e for e in errors if any(isinstance(i, int) for i in e["loc"])), errors[0])
         more = len({tuple(e["loc"][:2]) for e in errors}) - 1
         extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
-        raise UserError(f"{origin}: {_describe(first, Spec)}{extra}") from None
+        raise UserError(f"{origin}: {_describe(_with_alternatives(first, errors), Spec)}{extra}") from None
+
+
+def _with_alternatives(first: dict, errors: list[dict]) -> dict:
+    """An error of one member of a union (`ensemble: 2 | folds`) names what every member accepts:
+    "a valid integer, or 'folds'", not the first member's complaint alone."""
+    path = _location(Spec, tuple(first["loc"]))[0]
+    members = [
+        e
+        for e in errors
+        if tuple(e["loc"][:-1]) == tuple(first["loc"][:-1])
+        and e["type"] != "extra_forbidden"
+        and _location(Spec, tuple(e["loc"]))[0] == path
+    ]
+    if len(members) < 2:
+        return first
+    wanted = [e["msg"].removeprefix("Input should be ").split(", unable to")[0] for e in members]
+    return {**first, "msg": "Input should be " + ", or ".join(wanted)}
 
 
 def apply_override(raw: dict, assignment: str) -> None:

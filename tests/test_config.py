@@ -32,6 +32,18 @@ def test_lists_are_searched_and_scalars_fixed():
     assert all(g["batch_size"] == 16 and g["optimizer"] == "adamw" for g in grid)
 
 
+def test_a_value_of_a_key_that_takes_several_kinds_names_every_kind():
+    message = error_of(spec_with(evaluation={"test": ["prepared/x"], "ensemble": "fold"}))
+    assert message == (
+        "spec.yaml: 'evaluation.ensemble': Input should be a valid integer, or 'folds' (got 'fold')"
+    )
+    message = error_of(spec_with(data={**BASE["data"], "val_fold": "x"}))
+    assert "'data.val_fold': Input should be a valid integer, or a valid list, or 'all' or 'none'" in message
+    assert "'data.task': Input should be 'binary' or 'diagnosis'" in error_of(
+        spec_with(data={**BASE["data"], "task": "diagnosys"})
+    )
+
+
 def test_unknown_key_names_the_key_and_the_allowed_ones():
     message = error_of(spec_with(train={"epochs": 2, "epoch": 3}))
     assert message.startswith("spec.yaml: unknown key 'epoch' in 'train'")
