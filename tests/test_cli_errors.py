@@ -91,3 +91,9 @@ def test_hub_unreachable_fails_within_seconds(tmp_path, env):
 def test_prepare_cli_error(tmp_path):
     done, _ = run("orchestrator.data.prepare", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert_user_error(done, "data source not found")
+
+
+@pytest.mark.parametrize("command", ["orchestrator.evaluate", "orchestrator.predict"])
+def test_evaluate_and_predict_name_an_argument_that_is_no_checkpoint(tmp_path, command):
+    done, _ = run(command, str(tmp_path), "datasets/isic-sample")
+    assert_user_error(done, f"{tmp_path} is not a checkpoint", "checkpoints first")

@@ -116,3 +116,28 @@ def test_a_diagnosis_model_on_data_without_diagnoses_keeps_its_binary_metrics(
     rows = pd.read_csv(out / "predictions-1.csv")
     assert rows["p_malignant"].to_numpy() == pytest.approx(rows["p_melanoma"].to_numpy())
     assert np.allclose(rows[["p_melanoma", "p_nevus", "p_seborrheic_keratosis"]].sum(axis=1), 1, atol=1e-5)
+
+
+def test_each_test_set_and_each_member_has_columns_of_its_own():
+    from orchestrator.tuning.top_trials import TEST_COLUMNS, test_columns
+
+    def entry(value):
+        cell = {"value": value, "low": value - 0.1, "high": value + 0.1}
+        return {group: {metric: cell for _, metric in TEST_COLUMNS} for group, _ in TEST_COLUMNS}
+
+    names = ["a · ensemble", "a · member 1", "b · ensemble", "b · member 1"]
+    summary = {
+        "metrics": {name: entry(0.5 + i / 10) for i, name in enumerate(names)},
+        "diagnosis": {"b · member 1": {"auc_melanoma": {"value": 0.9, "low": 0.8, "high": 1.0}}},
+    }
+    member = test_columns(summary, ["a", "b"], "member 1")
+    assert (member["test_roc_auc"], member["test2_roc_auc"], member["test2_f1_high"]) == (0.6, 0.8, 0.9)
+    assert (member["test2_diagnosis_auc_melanoma"], member["test2_diagnosis_auc_melanoma_low"]) == (0.9, 0.8)
+    assert "test_diagnosis_auc_melanoma" not in member
+    assert test_columns(summary, ["a", "b"], "ensemble")["test2_roc_auc_low"] == pytest.approx(0.6)
+    one = {"metrics": {"a": entry(0.7)}}
+    assert test_columns(one, ["a"]) == {
+        f"test_{metric}{end}": value
+        for _, metric in TEST_COLUMNS
+        for end, value in (("", 0.7), ("_low", 0.7 - 0.1), ("_high", 0.7 + 0.1))
+    }

@@ -276,12 +276,11 @@ def _pictures(out: Path, summary: dict, scored) -> Pictures:
 
 
 def _header(summary: dict, paths: dict[str, str]) -> list[tuple[str, str]]:
-    described = {  # an ensemble's entries of one dataset (` · ensemble`, ` · member 1`) once
-        k.partition(" · ")[
-            0
-        ]: f"{v['images']} images, {v['malignant']} malignant ({paths.get(k, k).partition(' · ')[0]})"
-        for k, v in summary["datasets"].items()
-    }
+    described: dict[str, str] = {}  # an ensemble's entries of one dataset (` · member 1`, ...) once
+    for entry, counts in summary["datasets"].items():
+        where = paths.get(entry, entry).partition(" · ")[0]
+        text = f"{counts['images']} images, {counts['malignant']} malignant ({where})"
+        described.setdefault(entry.partition(" · ")[0], text)
     sets = "; ".join(f"{name}: {text}" for name, text in described.items())
     origin = summary["threshold_origin"]
     same = [k for k in summary["datasets"] if origin.startswith(f"chosen on {k} (")]

@@ -128,16 +128,25 @@ def evaluate_top_trials(
             continue
         if tests:
             frame.loc[index, "test_threshold"] = summary["threshold"]
-        for number, test in enumerate(tests, start=1):
-            prefix = "test" if number == 1 else f"test{number}"
-            for metric, cell in test_cells(summary, test).items():
-                for end, key in INTERVAL_KEYS:
-                    frame.loc[index, f"{prefix}_{metric}{end}"] = cell[key]
+        for column, value in test_columns(summary, tests).items():
+            frame.loc[index, column] = value
         if position == 0:
             html = write_report(run_dir / REPORT, summary, scored, sections)
             log.info("best trial's report: %s", html)
     write_roc_image(run_dir)
     return frame
+
+
+def test_columns(summary: dict, tests: list[str], who: str = "") -> dict[str, float]:
+    """The leaderboard's test columns of one evaluated model (`who`: an ensemble's entry, e.g.
+    `member 2`): `test_<metric>` for the first test set, `test2_<metric>` for the second, ..., each
+    with `_low` and `_high`."""
+    columns = {}
+    for number, test in enumerate(tests, start=1):
+        prefix = "test" if number == 1 else f"test{number}"
+        for metric, cell in test_cells(summary, f"{test} · {who}" if who else test).items():
+            columns.update({f"{prefix}_{metric}{end}": cell[key] for end, key in INTERVAL_KEYS})
+    return columns
 
 
 def test_cells(summary: dict, name: str) -> dict[str, dict]:
@@ -202,17 +211,9 @@ def evaluate_ensemble(frame: pd.DataFrame, spec: Spec, prepared: Path, run_dir: 
     checkpoints = [local_copy(c, staging_dir("checkpoints")) for c in members["checkpoint"]]
     summary, scored = evaluate_checkpoints(checkpoints, tests, None, options_for(spec), spec.data.cache)
     write_report(run_dir / ENSEMBLE_REPORT, summary, scored)
-    described: list[dict] = [{"model": "ensemble"}]
+    rows = [{"model": "ensemble", **test_columns(summary, tests, "ensemble")}]
     for number, (_, trial) in enumerate(members.iterrows(), start=1):
+        who = f"member {number}"
         shown = {key: trial[key] for key in ("trial_id", "backbone", "val_fold") if key in trial}
-        described.append({"model": f"member {number}", **shown})
-    rows = []
-    for who, row in zip(
-        ["ensemble"] + [f"member {n}" for n in range(1, len(members) + 1)], described, strict=True
-    ):
-        for number, test in enumerate(tests, start=1):
-            prefix = "test" if number == 1 else f"test{number}"
-            for metric, cell in test_cells(summary, f"{test} · {who}").items():
-                row.update({f"{prefix}_{metric}{end}": cell[key] for end, key in INTERVAL_KEYS})
-        rows.append(row)
+        rows.append({"model": who, **shown, **test_columns(summary, tests, who)})
     return pd.DataFrame(rows)
