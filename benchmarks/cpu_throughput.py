@@ -2,7 +2,8 @@
 process, same model, batch size, image size, augmentation and cores, one run, side by side.
 
     python benchmarks/cpu_throughput.py [--backbone mobilenetv2_100] [--image-size 160]
-        [--batch-size 32] [--epochs 3] [--copies 4] [--cpus N] [--threads N] [--out result.json]
+        [--batch-size 32] [--epochs 3] [--copies 4] [--cpus N] [--threads N] [--repeat 1]
+        [--out result.json]
 
 Both start from the bundled ISIC sample prepared at `--image-size` and repeated `--copies` times,
 and train on every fold but fold 0 from random init, full fine-tuning, fp32.
@@ -13,7 +14,10 @@ batches, with as many torch threads as `--cpus` (default: this machine's); the t
 Project path: `orchestrator.sweep` with one trial and the default resources on a local Ray instance
 of `--cpus` CPUs: Ray Data decodes and augments, a Ray Train worker trains. Each figure is the median
 of the epochs after the first (the first starts Ray Data's workers, and warms the bare loop's
-allocator). The last line is the ratio.
+allocator). `--repeat N` runs N rounds of both, the bare loop first in odd rounds and second in even
+ones (Ray is stopped, its processes gone, while the bare loop runs), and takes the median of the
+rounds' ratios: a shared machine's speed drifts by several per cent within minutes, more than many
+changes worth measuring. The last line is the ratio.
 """
 
 from __future__ import annotations
@@ -71,6 +75,55 @@ def bare_loop(args: argparse.Namespace, prepared: Path) -> list[float]:
     return rates
 
 
+def one_round(args: argparse.Namespace, root: Path, prepared: Path, bare_first: bool) -> dict:
+    """The bare loop and the project path (on a local Ray instance of its own), in either order:
+    alternating the order between rounds cancels the machine's drift."""
+    bare = bare_loop(args, prepared) if bare_first else []
+    torch.set_num_threads(1)  # the driver does not train
+    os.environ.update(LOCAL_RAY_ENV)  # Ray's processes inherit it
+    ray.init(address="local", num_cpus=args.cpus, configure_logging=False)
+    try:
+        per_trial, _ = project_path(args, args.image_size, root, prepared)
+    finally:
+        ray.shutdown()
+    if not bare_first:
+        wait_for_children_to_exit()
+        bare = bare_loop(args, prepared)
+    bare_rate, project_rate = statistics.median(bare[1:]), statistics.median(per_trial[0][1:])
+    return {
+        "order": "bare loop first" if bare_first else "project path first",
+        "bare_images_per_s_by_epoch": [round(rate, 1) for rate in bare],
+        "project_images_per_s_by_epoch": [round(rate, 1) for rate in per_trial[0]],
+        "bare_images_per_s": round(bare_rate, 1),
+        "project_images_per_s": round(project_rate, 1),
+        "ratio": round(project_rate / bare_rate, 3),
+    }
+
+
+def wait_for_children_to_exit(timeout_s: float = 30) -> None:
+    """Ray's processes end a second or two after `ray.shutdown()`; the bare loop runs without them."""
+    deadline = time.monotonic() + timeout_s
+    while descendants(os.getpid()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def descendants(pid: int) -> set[int]:
+    """The running processes below `pid`, zombies left out (Linux: from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:  # after the parenthesised name: the state, then the parent
+            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            if state != "Z":
+                parents[int(entry.name)] = int(parent)
+        except (ValueError, OSError):  # not a process, or it ended meanwhile
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="mobilenetv2_100")
@@ -80,40 +133,39 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=4, help="times the 300-image sample is repeated")
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--threads", type=int, help="the trial's torch threads (default: the spec's)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of both; the ratio is their median")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: each figure leaves out the first epoch")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     args.trials = 1  # what project_path reads
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         prepared = replicated_sample(args.image_size, args.copies, root / "data")
-        bare = bare_loop(args, prepared)
-        torch.set_num_threads(1)  # the driver does not train
-        os.environ.update(LOCAL_RAY_ENV)  # Ray's processes inherit it
-        ray.init(address="local", num_cpus=args.cpus, configure_logging=False)
-        try:
-            per_trial, _ = project_path(args, args.image_size, root, prepared)
-        finally:
-            ray.shutdown()
-    bare_rate = statistics.median(bare[1:])
-    project_rate = statistics.median(per_trial[0][1:])
+        rounds = []
+        for number in range(args.repeat):
+            (root / f"round-{number + 1}").mkdir()
+            rounds.append(one_round(args, root / f"round-{number + 1}", prepared, number % 2 == 0))
+            print(f"round {number + 1}/{args.repeat}: ratio {rounds[-1]['ratio']:.3f}", flush=True)
+    ratios = [outcome["ratio"] for outcome in rounds]
     result = {
         "backbone": args.backbone,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
         "cpus": args.cpus,
         "trial_torch_threads": ResourcesSpec(threads_per_worker=args.threads).torch_threads,
-        "bare_images_per_s_by_epoch": [round(rate, 1) for rate in bare],
-        "project_images_per_s_by_epoch": [round(rate, 1) for rate in per_trial[0]],
-        "bare_images_per_s": round(bare_rate, 1),
-        "project_images_per_s": round(project_rate, 1),
-        "ratio": round(project_rate / bare_rate, 3),
+        "rounds": rounds,
+        "ratios": ratios,
+        "ratio": round(statistics.median(ratios), 3),
     }
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.write_text(text)
     print(text)
+    if args.repeat > 1:
+        print(f"ratios of the {args.repeat} rounds: {', '.join(f'{ratio:.3f}' for ratio in ratios)}")
     print(f"ratio (project path / bare loop): {result['ratio']:.3f}")
 
 
