@@ -82,12 +82,15 @@ def one_round(args: argparse.Namespace, root: Path, prepared: Path, bare_first: 
     alternating the order between rounds cancels the machine's drift."""
     bare = bare_loop_alone(args, prepared) if bare_first else []
     torch.set_num_threads(1)  # the driver does not train
+    environment = dict(os.environ)
     os.environ.update(LOCAL_RAY_ENV)  # Ray's processes inherit it
     ray.init(address="local", num_cpus=args.cpus, configure_logging=False)
     try:
         per_trial, _ = project_path(args, args.image_size, root, prepared)
     finally:
         ray.shutdown()
+        os.environ.clear()  # every bare loop starts in the same environment
+        os.environ.update(environment)
     if not bare_first:
         wait_for_children_to_exit()
         bare = bare_loop_alone(args, prepared)
