@@ -31,7 +31,7 @@ from orchestrator.data.dataset_format import (
     source_names,
     task_labels,
 )
-from orchestrator.data.pipeline import shared_rows
+from orchestrator.data.pipeline import held_splits, shared_rows
 from orchestrator.data.prepare import prepare_once
 from orchestrator.data.sources import read_sources
 from orchestrator.errors import UserError
@@ -402,11 +402,13 @@ def tune_and_publish(
 
 
 def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> Any:
-    """What Tune runs for each trial: `run_trial` with the sweep's arguments and the rows it reads
-    (held in Ray's object store when they fit: `pipeline.shared_rows`)."""
+    """What Tune runs for each trial: `run_trial` with the sweep's arguments and the rows it reads,
+    held in Ray's object store when they fit (`pipeline.shared_rows`), already cut into the sweep's
+    validation splits when those fit too (`pipeline.held_splits`)."""
     shard_bytes = sum(Storage(shared).sizes(SHARDS).values())
     with_diagnosis = spec.data.task == "diagnosis"
     rows = shared_rows(shared, bool(spec.data.val_sources), shard_bytes, with_diagnosis)
+    splits = None if rows is None else held_splits(rows, spec.data.splits(), spec.data.test_fold, shard_bytes)
     inputs = {backbone: input_config(backbone) for backbone in spec.backbones()}
     return tune.with_resources(
         tune.with_parameters(
@@ -416,7 +418,8 @@ def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> A
             manifest=manifest,
             run_uri=run.uri,
             inputs=inputs,
-            rows=rows,
+            rows=None if splits else rows,
+            splits=splits,
         ),
         trial_resources(spec.resources),
     )

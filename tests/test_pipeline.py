@@ -11,6 +11,7 @@ from orchestrator.data.pipeline import (
     Oversample,
     build_datasets,
     class_weights,
+    held_splits,
     oversample_factors,
     shard_files,
     shared_rows,
@@ -138,6 +139,36 @@ def test_rows_held_only_within_a_quarter_of_the_object_store(ray_local, small_pr
     assert shared_rows(str(small_prepared), with_source=False, shard_bytes=int(0.26 * store)) is None
     held = shared_rows(str(small_prepared), with_source=True, shard_bytes=int(0.24 * store))
     assert held is not None and "source" in held.columns()
+
+
+def _epoch(dataset, epoch: int) -> np.ndarray:
+    return np.concatenate([b["image"] for b in for_epoch(dataset, epoch).iter_batches(batch_size=100)])
+
+
+def test_splits_cut_once_for_a_sweep_give_the_same_epochs_as_rows_cut_every_epoch(
+    ray_local, small_prepared, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "ROWS_PER_BLOCK", 8)  # several blocks, each with its own draw
+    manifest = read_manifest(small_prepared)
+    rows = shared_rows(str(small_prepared), with_source=False, shard_bytes=1)
+    splits = held_splits(rows, [(1, ""), (3, "")], test_fold=2, shard_bytes=1)
+    assert splits is not None and list(splits) == [(1, ""), (3, "")]
+    assert [part.count() for part in splits[(1, "")]] == [20, 10]  # folds 0 and 3; fold 1
+    for val_fold in (1, 3):
+        args = {"size": 32, "augment": "standard", "balance": "oversample", "seed": 7, "test_fold": 2}
+        held = build_datasets(splits[(val_fold, "")], val_fold, manifest=manifest, **args)
+        cut = build_datasets(rows, val_fold, manifest=manifest, **args)
+        for name, epochs in (("train", (0, 1)), ("val", (0,))):
+            for epoch in epochs:
+                assert np.array_equal(_epoch(held[name], epoch), _epoch(cut[name], epoch)), (val_fold, name)
+        assert not np.array_equal(_epoch(held["train"], 0), _epoch(held["train"], 1))
+
+
+def test_splits_held_only_when_together_they_fit_a_quarter_of_the_object_store(ray_local, small_prepared):
+    rows = shared_rows(str(small_prepared), with_source=False, shard_bytes=1)
+    shard_bytes = int(0.13 * pipeline.store_capacity())
+    assert held_splits(rows, [(0, ""), (1, "")], None, shard_bytes) is None
+    assert list(held_splits(rows, [(0, "")], None, shard_bytes)) == [(0, "")]
 
 
 def test_epochs_come_in_blocks_small_enough_to_decode_on_every_core(ray_local, small_prepared, monkeypatch):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import ray
 import ray.data
+from ray.data.dataset import MaterializedDataset
 
 from orchestrator.data.dataset_format import SHARDS, Manifest, read_manifest, task_labels
 from trainables.errors import UserError
@@ -16,8 +17,12 @@ from trainables.transforms import LabelByDiagnosis, Oversample, Preprocess, rest
 
 log = logging.getLogger(__name__)
 
+Split = tuple[int, str]  # (val_fold, val_source) of a validation split
+HeldSplit = tuple[MaterializedDataset, MaterializedDataset]  # its (train, val) rows
+
 READ_COLUMNS = ["image_id", "label", "fold", "image"]
-# a sweep holds the prepared rows in Ray's object store when they take at most this share of it
+# a sweep holds the prepared rows in Ray's object store when they take at most this share of it, and
+# then its validation splits, cut, instead of the rows when they all fit in this share too
 SHARED_ROWS_SHARE = 0.25
 # rows per block, so per decode + augment task: a prepared shard is read as one block (several
 # small shards too), and one block is decoded by one task on one core while the others wait
@@ -89,15 +94,14 @@ def row_columns(with_source: bool, with_diagnosis: bool = False) -> list[str]:
 
 def shared_rows(
     prepared: str, with_source: bool, shard_bytes: int, with_diagnosis: bool = False
-) -> ray.data.MaterializedDataset | None:
+) -> MaterializedDataset | None:
     """The rows every trial of a sweep starts from, read once into Ray's object store; None when
     they would take more than `SHARED_ROWS_SHARE` of the smallest node's store (each epoch then
     reads the files again). Reading Parquet is the costly part of a small dataset's epoch: every
     read lists the files and reads their footers in actors of its own, while a pass over rows in
     memory takes a fraction of a second. The rows stay in the store, and keep the node that holds
     them, as long as the process that read them holds them: a sweep's driver, until it exits."""
-    stores = [node["Resources"].get("object_store_memory", 0) for node in ray.nodes() if node["Alive"]]
-    capacity = min(stores, default=0)
+    capacity = store_capacity()
     if shard_bytes > SHARED_ROWS_SHARE * capacity:
         log.info(
             "the prepared shards (%.1f GB) are read from %s every epoch: holding them takes more than "
@@ -118,6 +122,38 @@ def shared_rows(
     return rows
 
 
+def store_capacity() -> int:
+    """Bytes of the object store of the cluster's smallest live node."""
+    stores = [node["Resources"].get("object_store_memory", 0) for node in ray.nodes() if node["Alive"]]
+    return min(stores, default=0)
+
+
+def held_splits(
+    rows: ray.data.Dataset, splits: list[Split], test_fold: int | None, shard_bytes: int
+) -> dict[Split, HeldSplit] | None:
+    """Each validation split's (train, val) rows, filtered and cut into blocks once for the whole
+    sweep, in Ray's object store; None when together they would take more than `SHARED_ROWS_SHARE`
+    of the smallest node's store (a split takes at most the rows' `shard_bytes`). Without them,
+    every epoch of every trial filters the rows and cuts them again: measured, a fifth of the CPU
+    time of an epoch's data, half of that in the trial's own process, beside its training.
+    `splits`: (val_fold, val_source) pairs, as `DataSpec.splits` lists them."""
+    if len(splits) * shard_bytes > SHARED_ROWS_SHARE * store_capacity():
+        log.info(
+            "the %d validation splits are cut from the held rows every epoch: together they take "
+            "more than %d%% of a node's object store",
+            len(splits),
+            SHARED_ROWS_SHARE * 100,
+        )
+        return None
+    held = {}
+    for val_fold, val_source in splits:
+        train, val = (part.materialize() for part in split_rows(rows, val_fold, test_fold, val_source))
+        for part in (train, val):
+            restart_epochs(part)  # the trials' first epoch is epoch 0
+        held[(val_fold, val_source)] = (train, val)
+    return held
+
+
 def shard_files(prepared: str | Path) -> list[Path]:
     """A local prepared folder's shards, in the order Ray Data reads them (sorted; names starting
     with '.' or '_', such as a copy's `._part-00000.parquet`, left out)."""
@@ -130,7 +166,7 @@ def shard_files(prepared: str | Path) -> list[Path]:
 
 
 def build_datasets(
-    prepared: str | Path | ray.data.Dataset,
+    prepared: str | Path | ray.data.Dataset | HeldSplit,
     val_fold: int,
     size: int,
     augment: str,
@@ -144,17 +180,34 @@ def build_datasets(
 ) -> dict[str, ray.data.Dataset]:
     """The `train` and `val` datasets for one trial; `val` is never augmented nor balanced, and the
     test fold is in neither. With `val_source`, `val` is that whole source and `train` every other
-    one (leave-one-source-out). `prepared` is a local folder, a URI (`s3://...`) or the rows that
-    `shared_rows` read (with the `diagnosis` column for that `task`); with a URI or rows, pass its
-    `manifest` (read by the driver)."""
+    one (leave-one-source-out). `prepared` is a local folder, a URI (`s3://...`), the rows that
+    `shared_rows` read (with the `diagnosis` column for that `task`), or this split's rows that
+    `held_splits` cut; with a URI, rows or a split, pass its `manifest` (read by the driver)."""
     configure_data_context()
-    if isinstance(prepared, ray.data.Dataset):
-        if manifest is None:
-            raise ValueError("build_datasets: rows come with their manifest")
-        rows = prepared
-    else:
+    if isinstance(prepared, str | Path):
         manifest = manifest if manifest is not None else read_manifest(Path(prepared))
-        rows = read_rows(prepared, with_source=bool(val_source), with_diagnosis=task == "diagnosis")
+        prepared = read_rows(prepared, with_source=bool(val_source), with_diagnosis=task == "diagnosis")
+    elif manifest is None:
+        raise ValueError("build_datasets: rows come with their manifest")
+    if isinstance(prepared, tuple):
+        train, val = prepared
+    else:
+        train, val = split_rows(prepared, val_fold, test_fold, val_source)
+    if task == "diagnosis":
+        relabel = LabelByDiagnosis(task_labels(manifest, task, "the prepared dataset").classes)
+        train, val = (split.map_batches(relabel, batch_format="pyarrow") for split in (train, val))
+    if balance == "oversample":
+        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold, val_source, task))
+        train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
+    train = train.map_batches(Preprocess(size, augment, seed, color), batch_format="numpy")
+    val = val.map_batches(Preprocess(size, color=color), batch_format="numpy")
+    return {"train": train, "val": val}
+
+
+def split_rows(
+    rows: ray.data.Dataset, val_fold: int, test_fold: int | None = None, val_source: str = ""
+) -> tuple[ray.data.Dataset, ray.data.Dataset]:
+    """The (train, val) rows of one validation split (see `build_datasets`), ROWS_PER_BLOCK a block."""
     held_out = f" and fold != {test_fold}" if test_fold is not None else ""
     if val_source:
         train = rows.filter(expr=f"source != '{val_source}'{held_out}")
@@ -168,12 +221,4 @@ def build_datasets(
     train, val = (
         split.repartition(target_num_rows_per_block=ROWS_PER_BLOCK, strict=True) for split in (train, val)
     )
-    if task == "diagnosis":
-        relabel = LabelByDiagnosis(task_labels(manifest, task, "the prepared dataset").classes)
-        train, val = (split.map_batches(relabel, batch_format="pyarrow") for split in (train, val))
-    if balance == "oversample":
-        factors = oversample_factors(train_class_counts(manifest, val_fold, test_fold, val_source, task))
-        train = train.map_batches(Oversample(factors, seed), batch_format="pyarrow")
-    train = train.map_batches(Preprocess(size, augment, seed, color), batch_format="numpy")
-    val = val.map_batches(Preprocess(size, color=color), batch_format="numpy")
-    return {"train": train, "val": val}
+    return train, val

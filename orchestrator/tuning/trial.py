@@ -19,7 +19,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator.config import Spec, split_of
 from orchestrator.data.dataset_format import Manifest, task_labels
-from orchestrator.data.pipeline import build_datasets, class_weights, oversample_factors, train_class_counts
+from orchestrator.data.pipeline import (
+    HeldSplit,
+    Split,
+    build_datasets,
+    class_weights,
+    oversample_factors,
+    train_class_counts,
+)
 from trainables.entry import train_in_trial, train_loop_per_worker
 from trainables.registry import InputConfig, timm_name
 from trainables.timing import mark
@@ -94,15 +101,17 @@ def run_trial(
     run_uri: str,
     inputs: dict[str, InputConfig],
     rows: ray.data.Dataset | None = None,
+    splits: dict[Split, HeldSplit] | None = None,
 ) -> None:
     """`prepared` and `run_uri` are local paths or URIs that every node of the cluster can reach;
-    `inputs` holds each backbone's input config; `rows`, when the driver holds them
-    (`pipeline.shared_rows`), are read instead of `prepared`."""
+    `inputs` holds each backbone's input config; `rows` or `splits`, when the driver holds them
+    (`pipeline.shared_rows`, `pipeline.held_splits`), are read instead of `prepared`."""
     trial_id = ray.tune.get_context().get_trial_id()
     mark("trial_start", trial_id)
     trial = trial_config(spec, config, manifest, f"{run_uri}/{CHECKPOINTS}/{trial_id}", inputs)
+    held = splits[(trial.val_fold, trial.val_source)] if splits else None
     datasets = build_datasets(
-        prepared if rows is None else rows,
+        held or rows or prepared,
         val_fold=trial.val_fold,
         val_source=trial.val_source,
         color=trial.color,
