@@ -154,6 +154,8 @@ def test_splits_cut_once_for_a_sweep_give_the_same_epochs_as_rows_cut_every_epoc
     splits = held_splits(rows, [(1, ""), (3, "")], test_fold=2, shard_bytes=1)
     assert splits is not None and list(splits) == [(1, ""), (3, "")]
     assert [part.count() for part in splits[(1, "")]] == [20, 10]  # folds 0 and 3; fold 1
+    # Ray Train workers count epochs by executions (for_epoch sets the count itself)
+    assert all(part.context._execution_idx == 0 for pair in splits.values() for part in pair)
     for val_fold in (1, 3):
         args = {"size": 32, "augment": "standard", "balance": "oversample", "seed": 7, "test_fold": 2}
         held = build_datasets(splits[(val_fold, "")], val_fold, manifest=manifest, **args)

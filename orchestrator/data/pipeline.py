@@ -147,11 +147,18 @@ def held_splits(
         return None
     held = {}
     for val_fold, val_source in splits:
-        train, val = (part.materialize() for part in split_rows(rows, val_fold, test_fold, val_source))
-        for part in (train, val):
-            restart_epochs(part)  # the trials' first epoch is epoch 0
+        train, val = (held_here(part) for part in split_rows(rows, val_fold, test_fold, val_source))
         held[(val_fold, val_source)] = (train, val)
     return held
+
+
+def held_here(dataset: ray.data.Dataset) -> MaterializedDataset:
+    """`dataset`'s blocks, each whole, put in the store by this process as `shared_rows` puts the
+    rows: on this node, where a task's output would sit on the node that ran it (which an
+    autoscaling cluster may take away, and the blocks with it)."""
+    blocks = ray.data.from_arrow(ray.get(dataset.to_arrow_refs()))
+    restart_epochs(blocks)  # the trials' first epoch is epoch 0
+    return blocks
 
 
 def shard_files(prepared: str | Path) -> list[Path]:
