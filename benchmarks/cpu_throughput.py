@@ -12,7 +12,7 @@ Bare loop: the training images decoded once, before the clock starts. Each epoch
 the training preset (`trainables/transforms.py`, seeded per batch) and trains on them in shuffled
 batches, with as many torch threads as `--cpus` (default: this machine's); the time counts both.
 Project path: `orchestrator.sweep` with one trial and the default resources on a local Ray instance
-of `--cpus` CPUs: Ray Data decodes and augments, a Ray Train worker trains. Each figure is the
+of `--cpus` CPUs: Ray Data decodes and augments, the trial's own process trains. Each figure is the
 median of the epochs after the first (the first starts Ray Data's workers, and warms the bare loop's
 allocator). The bare loop runs in a fresh process of its own. `--repeat N` runs N rounds of both,
 the bare loop first in odd rounds and second in even ones (Ray is stopped while the bare loop runs),

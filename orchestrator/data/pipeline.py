@@ -147,8 +147,8 @@ def held_splits(
         return None
     held = {}
     for val_fold, val_source in splits:
-        train, val = (held_here(part) for part in split_rows(rows, val_fold, test_fold, val_source))
-        held[(val_fold, val_source)] = (train, val)
+        train, val = split_rows(rows, val_fold, test_fold, val_source)
+        held[(val_fold, val_source)] = (held_here(train), held_here(val))
     return held
 
 
