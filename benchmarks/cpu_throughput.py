@@ -3,7 +3,7 @@ process, same model, batch size, image size, augmentation and cores, one run, si
 
     python benchmarks/cpu_throughput.py [--backbone mobilenetv2_100] [--image-size 160]
         [--batch-size 32] [--epochs 3] [--copies 4] [--cpus N] [--threads N] [--repeat 1]
-        [--out result.json]
+        [--bare-malloc default|project] [--out result.json]
 
 Both start from the bundled ISIC sample prepared at `--image-size` and repeated `--copies` times,
 and train on every fold but fold 0 from random init, full fine-tuning, fp32.
@@ -14,10 +14,13 @@ batches, with as many torch threads as `--cpus` (default: this machine's); the t
 Project path: `orchestrator.sweep` with one trial and the default resources on a local Ray instance
 of `--cpus` CPUs: Ray Data decodes and augments, the trial's own process trains. Each figure is the
 median of the epochs after the first (the first starts Ray Data's workers, and warms the bare loop's
-allocator). The bare loop runs in a fresh process of its own. `--repeat N` runs N rounds of both,
-the bare loop first in odd rounds and second in even ones (Ray is stopped while the bare loop runs),
-and takes the median of the rounds' ratios: a shared machine's speed drifts by several per cent
-within minutes, more than many changes worth measuring. The last line is the ratio.
+allocator). The bare loop runs in a fresh process of its own, with this environment's glibc malloc
+(as a script of the user's would) or, with `--bare-malloc project`, with the settings the project
+gives Ray's processes (`driver.LOCAL_RAY_ENV`), which speed the bare loop up too. `--repeat N` runs
+N rounds of both, the bare loop first in odd rounds and second in even ones (Ray is stopped while
+the bare loop runs), and takes the median of the rounds' ratios: a shared machine's speed drifts by
+several per cent within minutes, more than many changes worth measuring. The last line is the
+ratio.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from orchestrator.driver import LOCAL_RAY_ENV
 from trainables.transforms import batch_seed, decode_jpeg, train_transform
 
 VAL_FOLD = 0  # the sweep's default validation fold
+MALLOC_SETTINGS = ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")  # glibc reads them when a process starts
 
 
 def decoded_train_images(prepared: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -105,9 +109,17 @@ def one_round(args: argparse.Namespace, root: Path, prepared: Path, bare_first: 
 
 
 def bare_loop_alone(args: argparse.Namespace, prepared: Path) -> list[float]:
-    """The bare loop in a fresh process: in one that has run a Ray session it trains 1 to 4% slower."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(bare_loop, args, prepared).result()
+    """The bare loop in a fresh process: in one that has run a Ray session it trains 1 to 4% slower.
+    `--bare-malloc project` starts it with the malloc settings of the project's Ray processes."""
+    environment = dict(os.environ)
+    if args.bare_malloc == "project":
+        os.environ.update({name: LOCAL_RAY_ENV[name] for name in MALLOC_SETTINGS})
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(bare_loop, args, prepared).result()
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 def main() -> None:
@@ -120,6 +132,13 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count())
     parser.add_argument("--threads", type=int, help="the trial's torch threads (default: the spec's)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of both; the ratio is their median")
+    parser.add_argument(
+        "--bare-malloc",
+        choices=("default", "project"),
+        default="default",
+        help="the bare loop's glibc malloc: this environment's, or the one the project sets for Ray's "
+        "processes (driver.LOCAL_RAY_ENV)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.epochs < 2:
@@ -142,6 +161,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "cpus": args.cpus,
         "trial_torch_threads": ResourcesSpec(threads_per_worker=args.threads).torch_threads,
+        "bare_malloc": args.bare_malloc,
         "rounds": rounds,
         "ratios": ratios,
         "ratio": round(statistics.median(ratios), 3),
