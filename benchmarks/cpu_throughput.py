@@ -32,7 +32,9 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,15 +88,12 @@ def one_round(args: argparse.Namespace, root: Path, prepared: Path, bare_first: 
     alternating the order between rounds cancels the machine's drift."""
     bare = bare_loop_alone(args, prepared) if bare_first else []
     torch.set_num_threads(1)  # the driver does not train
-    environment = dict(os.environ)
-    os.environ.update(LOCAL_RAY_ENV)  # Ray's processes inherit it
-    ray.init(address="local", num_cpus=args.cpus, configure_logging=False)
-    try:
-        per_trial, _ = project_path(args, args.image_size, root, prepared)
-    finally:
-        ray.shutdown()
-        os.environ.clear()  # every bare loop starts in the same environment
-        os.environ.update(environment)
+    with environment_with(LOCAL_RAY_ENV):  # Ray's processes inherit it
+        ray.init(address="local", num_cpus=args.cpus, configure_logging=False)
+        try:
+            per_trial, _ = project_path(args, args.image_size, root, prepared)
+        finally:
+            ray.shutdown()
     if not bare_first:  # Ray's processes are gone (1 to 3 s) before the new process trains
         bare = bare_loop_alone(args, prepared)
     bare_rate, project_rate = statistics.median(bare[1:]), statistics.median(per_trial[0][1:])
@@ -111,12 +110,20 @@ def one_round(args: argparse.Namespace, root: Path, prepared: Path, bare_first: 
 def bare_loop_alone(args: argparse.Namespace, prepared: Path) -> list[float]:
     """The bare loop in a fresh process: in one that has run a Ray session it trains 1 to 4% slower.
     `--bare-malloc project` starts it with the malloc settings of the project's Ray processes."""
+    malloc = {name: LOCAL_RAY_ENV[name] for name in MALLOC_SETTINGS} if args.bare_malloc == "project" else {}
+    spawn = multiprocessing.get_context("spawn")
+    with environment_with(malloc), ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        return pool.submit(bare_loop, args, prepared).result()
+
+
+@contextmanager
+def environment_with(settings: dict[str, str]) -> Iterator[None]:
+    """This process's environment with `settings` added, for the processes started meanwhile; as it
+    was afterwards, so that every bare loop starts in the environment the benchmark started in."""
     environment = dict(os.environ)
-    if args.bare_malloc == "project":
-        os.environ.update({name: LOCAL_RAY_ENV[name] for name in MALLOC_SETTINGS})
+    os.environ.update(settings)
     try:
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(bare_loop, args, prepared).result()
+        yield
     finally:
         os.environ.clear()
         os.environ.update(environment)

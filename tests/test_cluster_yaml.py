@@ -1,4 +1,7 @@
-"""cluster.yaml against Ray's own schema (offline), and what the check says of a broken copy."""
+"""cluster.yaml against Ray's own schema (offline), what the check says of a broken copy, and the
+nodes' Ray started as a local instance is (its malloc settings)."""
+
+import re
 
 import yaml
 
@@ -70,3 +73,16 @@ def test_missing_provider_and_bad_yaml_are_named(tmp_path):
     assert "(top level): missing key: 'provider'" in check(path)
     path.write_text("cluster_name: [unclosed\n")
     assert check(path)[0].startswith("not valid YAML")
+
+
+def test_cluster_nodes_start_ray_with_the_local_instances_malloc_settings():
+    from orchestrator.driver import LOCAL_RAY_ENV
+
+    config = yaml.safe_load(CLUSTER.read_text())
+    commands = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    starts = [command for command in commands if "ray start" in command]
+    assert len(starts) == 2
+    for command in starts:
+        words = re.split(r"[\s;]+", command)
+        for name in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES"):
+            assert f"{name}={LOCAL_RAY_ENV[name]}" in words, (name, command)
