@@ -103,3 +103,28 @@ def test_the_command_line_reads_the_spec_before_importing_ray_torch_or_timm(tmp_
     error, imported = done.stdout.strip().splitlines()[-2:]
     assert "unknown key 'schedule'" in error
     assert imported == "[]"
+
+
+DATA_WORKER = """
+import pickle, sys
+from pathlib import Path
+from trainables.transforms import Preprocess
+
+data = [path.read_bytes() for path in sorted(Path(sys.argv[1]).glob("*.jpg"))[:2]]
+for step in (Preprocess(32, augment="standard", seed=1), Preprocess(32)):
+    out = pickle.loads(pickle.dumps(step))({"image": data, "label": [0, 1], "image_id": ["a", "b"]})
+    assert out["image"].shape == (2, 3, 32, 32), out["image"].shape
+print("torch imported:", "torch" in sys.modules)
+from albumentations.pytorch import ToTensorV2  # still there for code that asks for it
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_a_data_worker_runs_the_transforms_without_importing_torch():
+    # albumentations imports torch (3 s of each Ray Data worker's start) unless told not to
+    from tests.helpers import SAMPLE
+
+    command = [sys.executable, "-c", DATA_WORKER, str(SAMPLE / "benign")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["torch imported: False", "torch imported: True"], done.stdout

@@ -12,9 +12,12 @@ same images every run, and every epoch draws new ones.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import zlib
 from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,11 +34,28 @@ if TYPE_CHECKING:
 PRESETS = ("standard", "none")
 
 
+def load_albumentations() -> ModuleType:
+    """albumentations, imported without torch where nothing imported torch before (Ray Data's
+    workers, which run these transforms on numpy arrays). Its `__init__` imports its PyTorch helpers,
+    and so torch, whenever torch is installed (3 s of each such worker's start on 2 CPUs), and lets
+    that import fail. A later `import albumentations.pytorch` still works."""
+    if "albumentations" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["albumentations.pytorch"] = None  # type: ignore[assignment]  # its import fails
+        try:
+            importlib.import_module("albumentations")
+        finally:
+            del sys.modules["albumentations.pytorch"]
+    import albumentations
+
+    return albumentations
+
+
 def train_transform(preset: str, size: int) -> A.Compose:
     """Augmentations for training. Dermoscopy has no up or down, so flips and any rotation are
     label-preserving; scale and mild colour changes mimic differences between dermatoscopes."""
-    import albumentations as A
     import cv2
+
+    A = load_albumentations()
 
     if preset == "none":
         return eval_transform(size)
@@ -62,8 +82,9 @@ def eval_transform(size: int, resize: str = EVAL_RESIZE) -> A.Compose:
     the square, as training's crops (half the image or more) also do. Training with the preset
     "none", validation, evaluation and predict all use this transform. `resize="squash"` is the
     square resize of checkpoints made before, which were validated that way."""
-    import albumentations as A
     import cv2
+
+    A = load_albumentations()
 
     if resize not in EVAL_RESIZES:
         raise ValueError(f"unknown evaluation resize {resize!r}; known: {', '.join(EVAL_RESIZES)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from orchestrator.errors import UserError
 
@@ -40,6 +39,8 @@ def assign_folds(
             f"too few images for {folds} folds with every class in every fold: {found} (an image, or a "
             f"group of images of one patient, lesion or duplicate cluster); {change}, or add images"
         )
+    from sklearn.model_selection import StratifiedGroupKFold  # 2 s of imports: only when cutting folds
+
     fold = np.empty(len(labels), dtype=np.int8)
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     stratify = labels if strata is None else labels * (int(strata.max()) + 1) + strata
