@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import trainables
-from tests.helpers import spec_dict, write_yaml
+from tests.helpers import SAMPLE, spec_dict, write_yaml
 
 BLOCK_ORCHESTRATOR = """
 import importlib, sys
@@ -122,8 +122,6 @@ print("torch imported:", "torch" in sys.modules)
 
 def test_a_data_worker_runs_the_transforms_without_importing_torch():
     # albumentations imports torch (3 s of each Ray Data worker's start) unless told not to
-    from tests.helpers import SAMPLE
-
     command = [sys.executable, "-c", DATA_WORKER, str(SAMPLE / "benign")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
