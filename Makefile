@@ -10,7 +10,7 @@ ARGS ?=  # e.g. make sweep ARGS=--verbose
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) tools/install.py -e '.[dev]'
 	touch $(STAMP)
 
 sweep: $(STAMP)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -218,3 +219,23 @@ def own_actors(class_name: str) -> set[int]:
 
 def own_train_workers() -> set[int]:
     return own_actors(TRAIN_WORKER)
+
+
+EXECUTABLE = 0o100755 << 16  # a regular file, rwxr-xr-x, as zip's external attributes hold it
+
+
+def make_wheel(folder: Path, name: str, files: dict[str, bytes], executable: str = "") -> Path:
+    info = f"{name}-0.1.dist-info"
+    files = {
+        **files,
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    wheel = folder / f"{name}-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as out:
+        for path, data in {**files, f"{info}/RECORD": record.encode()}.items():
+            entry = zipfile.ZipInfo(path)
+            entry.external_attr = EXECUTABLE if path == executable else 0o100644 << 16
+            out.writestr(entry, data, zipfile.ZIP_DEFLATED)
+    return wheel

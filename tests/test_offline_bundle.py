@@ -7,31 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import EXECUTABLE, ROOT, make_wheel
 
 SCRIPT = ROOT / "benchmarks" / "gpu" / "offline_bundle.py"
 spec = importlib.util.spec_from_file_location("offline_bundle", SCRIPT)
 offline_bundle = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(offline_bundle)
-
-EXECUTABLE = 0o100755 << 16  # a regular file, rwxr-xr-x, as zip's external attributes hold it
-
-
-def make_wheel(folder: Path, name: str, files: dict[str, bytes], executable: str = "") -> Path:
-    info = f"{name}-0.1.dist-info"
-    files = {
-        **files,
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
-    wheel = folder / f"{name}-0.1-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as out:
-        for path, data in {**files, f"{info}/RECORD": record.encode()}.items():
-            entry = zipfile.ZipInfo(path)
-            entry.external_attr = EXECUTABLE if path == executable else 0o100644 << 16
-            out.writestr(entry, data, zipfile.ZIP_DEFLATED)
-    return wheel
 
 
 def test_repacked_ray_wheel_loses_its_jar_and_keeps_its_binaries_executable(tmp_path):

@@ -1,0 +1,54 @@
+"""`tools/install.py`, which `make` sets `.venv/` up with: uv, told where pip finds packages here,
+and pip itself where uv cannot be had."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+from tests.helpers import ROOT, make_wheel
+
+SCRIPT = ROOT / "tools" / "install.py"
+spec = importlib.util.spec_from_file_location("install", SCRIPT)
+install = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(install)
+
+LISTING = """\
+:env:.cert='/etc/ssl/certs/ca-certificates.crt'
+:env:.find-links='/opt/wheels'
+global.constraint='/etc/xdg/pip/constraints.txt'
+global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'
+global.find-links='/elsewhere'
+install.index-url='https://mirror.example/simple'
+global.index-url='https://pypi.org/simple'
+"""
+
+
+def test_pips_sources_become_uvs_options_the_environments_first():
+    settings = install.pip_settings(LISTING)
+    assert settings["find-links"] == "/opt/wheels"  # the environment's, not the file's
+    assert settings["index-url"] == "https://mirror.example/simple"  # [install] over [global]
+    assert install.uv_arguments(settings) == [
+        *("--index-url", "https://mirror.example/simple"),
+        *("--extra-index-url", "file:///opt/a/simple", "--extra-index-url", "file:///opt/b/simple"),
+        *("--find-links", "/opt/wheels"),
+        *("--constraint", "/etc/xdg/pip/constraints.txt"),
+    ]
+    assert "--no-index" in install.uv_arguments(install.pip_settings(":env:.no-index='true'\n"))
+
+
+def test_without_uv_to_be_had_pip_installs_the_packages(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    make_wheel(wheels, "tinypkg", {"tinypkg/__init__.py": b"ANSWER = 42\n"})
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    # no index and only this folder of wheels: uv is nowhere to be found
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    done = subprocess.run([python, str(SCRIPT), "tinypkg"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "installing them with pip instead" in done.stderr
+    answer = subprocess.run(
+        [python, "-c", "import tinypkg; print(tinypkg.ANSWER)"], capture_output=True, text=True
+    )
+    assert answer.stdout.strip() == "42", answer.stderr
