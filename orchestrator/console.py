@@ -266,9 +266,13 @@ def score_text(label: str, result: dict, metric: str) -> str:
 
 
 def why_it_failed(trial: Any) -> str:
-    """The reason in a failed trial's error file; never raises (the file is in the run's storage,
-    which may be what failed)."""
+    """The reason in a failed trial's error file: the copy Tune wrote on the driver's disk as the
+    trial failed (`trial.error_file`), else the one in the run's storage; never raises (that
+    storage may be what failed)."""
     try:
+        written_here = trial.error_file
+        if written_here and Path(written_here).is_file():
+            return error_reason(Path(written_here).read_text())
         return error_reason(trial.get_error())
     except Exception as err:
         return f"its error could not be read ({type(err).__name__}: {err}); see the run's log"

@@ -7,7 +7,7 @@ import sys
 from types import SimpleNamespace
 
 from orchestrator.config import parse_spec
-from orchestrator.console import Progress
+from orchestrator.console import Progress, why_it_failed
 from tests.helpers import ROOT, spec_dict
 
 QUIET = """
@@ -60,6 +60,7 @@ def trial(number: int, status: str = "RUNNING", last: dict | None = None, **conf
         status=status,
         last_result=last or {},
         get_error=lambda: error,
+        error_file=None,
     )
 
 
@@ -126,3 +127,20 @@ def test_a_resumed_sweep_counts_the_epochs_its_trials_ran_before():
     progress.on_trial_result(0, [], unfinished, epoch(3))
     # 4 + 1 + 2 epochs before, 1 now; of the 12 the grid holds, the stopped trial's 3 are never run
     assert "] 8/9 epochs" in progress.bar()
+
+
+def test_a_failed_trials_reason_is_read_on_the_drivers_disk_when_the_storage_is_gone(tmp_path):
+    def storage_gone():
+        raise OSError("When getting information for key 'runs/x/error.txt': NETWORK_CONNECTION")
+
+    failed = trial(1)
+    failed.get_error = storage_gone
+    assert why_it_failed(failed).startswith("its error could not be read (OSError: When getting")
+    failed.error_file = str(tmp_path / "error.txt")  # Tune's copy, written as the trial failed
+    (tmp_path / "error.txt").write_text(
+        "Failure # 1 (occurred at 2026-12-02_22-03-01)\nray.exceptions.RayTaskError(StorageError): ...\n"
+        "trainables.storage.StorageError: cannot read s3://b/runs/x/checkpoint_000002: connection refused\n"
+    )
+    assert why_it_failed(failed) == (
+        "trainables.storage.StorageError: cannot read s3://b/runs/x/checkpoint_000002: connection refused"
+    )
