@@ -265,6 +265,11 @@ def score_text(label: str, result: dict, metric: str) -> str:
     return f"{label} {result.get(metric, math.nan):.3f}{interval}"
 
 
+def last_failure(text: str) -> str:
+    """The last failure in a trial's error file, which holds each of them after a `Failure # N` line."""
+    return text[text.rfind("Failure # ") :] if "Failure # " in text else text
+
+
 def why_it_failed(trial: Any) -> str:
     """The reason in a failed trial's error file: the copy Tune wrote on the driver's disk as the
     trial failed (`trial.error_file`), else the one in the run's storage; never raises (that
@@ -272,7 +277,7 @@ def why_it_failed(trial: Any) -> str:
     try:
         written_here = trial.error_file
         if written_here and Path(written_here).is_file():
-            return error_reason(Path(written_here).read_text())
-        return error_reason(trial.get_error())
+            return error_reason(last_failure(Path(written_here).read_text()))
+        return error_reason(last_failure(trial.get_error() or ""))
     except Exception as err:
         return f"its error could not be read ({type(err).__name__}: {err}); see the run's log"

@@ -144,3 +144,6 @@ def test_a_failed_trials_reason_is_read_on_the_drivers_disk_when_the_storage_is_
     assert why_it_failed(failed) == (
         "trainables.storage.StorageError: cannot read s3://b/runs/x/checkpoint_000002: connection refused"
     )
+    with open(failed.error_file, "a") as file:  # Tune appends each failure of the run
+        file.write("Failure # 2 (occurred at 2026-12-02_22-03-09)\nThe actor died unexpectedly.\n")
+    assert why_it_failed(failed) == "The actor died unexpectedly."

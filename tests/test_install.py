@@ -16,25 +16,34 @@ spec.loader.exec_module(install)
 LISTING = """\
 :env:.cert='/etc/ssl/certs/ca-certificates.crt'
 :env:.find-links='/opt/wheels'
+:env:.index-url=''
 global.constraint='/etc/xdg/pip/constraints.txt'
-global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'
+global.extra-index-url='\\nfile:///opt/a/simple\\nfile:///opt/b/simple'
 global.find-links='/elsewhere'
 install.index-url='https://mirror.example/simple'
 global.index-url='https://pypi.org/simple'
 """
 
 
-def test_pips_sources_become_uvs_options_the_environments_first():
+def test_pips_sources_become_uvs_options_as_pip_applies_them():
     settings = install.pip_settings(LISTING)
     assert settings["find-links"] == "/opt/wheels"  # the environment's, not the file's
-    assert settings["index-url"] == "https://mirror.example/simple"  # [install] over [global]
+    # [install] over [global]; the environment's empty value is no value, as for pip
+    assert settings["index-url"] == "https://mirror.example/simple"
     assert install.uv_arguments(settings) == [
         *("--index-url", "https://mirror.example/simple"),
+        # a value on several lines of pip.conf: one source a line
         *("--extra-index-url", "file:///opt/a/simple", "--extra-index-url", "file:///opt/b/simple"),
         *("--find-links", "/opt/wheels"),
         *("--constraint", "/etc/xdg/pip/constraints.txt"),
+        *("--build-constraint", "/etc/xdg/pip/constraints.txt"),
     ]
-    assert "--no-index" in install.uv_arguments(install.pip_settings(":env:.no-index='true'\n"))
+    assert "--no-index" in install.uv_arguments(install.pip_settings(":env:.no-index='yes'\n"))
+
+
+def test_a_pip_setting_uv_would_not_honour_leaves_the_install_to_pip():
+    assert install.uv_arguments(install.pip_settings("global.trusted-host='mirror.example'\n")) is None
+    assert install.uv_arguments(install.pip_settings("install.no-binary=':all:'\n")) is None
 
 
 def test_without_uv_to_be_had_pip_installs_the_packages(tmp_path):
@@ -47,7 +56,7 @@ def test_without_uv_to_be_had_pip_installs_the_packages(tmp_path):
     env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
     done = subprocess.run([python, str(SCRIPT), "tinypkg"], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "installing them with pip instead" in done.stderr
+    assert "installing the packages with pip" in done.stderr
     answer = subprocess.run(
         [python, "-c", "import tinypkg; print(tinypkg.ANSWER)"], capture_output=True, text=True
     )
