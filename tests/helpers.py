@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib.util
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -239,3 +241,11 @@ def make_wheel(folder: Path, name: str, files: dict[str, bytes], executable: str
             entry.external_attr = EXECUTABLE if path == executable else 0o100644 << 16
             out.writestr(entry, data, zipfile.ZIP_DEFLATED)
     return wheel
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script outside the packages (`tools/`, `benchmarks/`), imported as a module of its name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

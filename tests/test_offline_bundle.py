@@ -1,18 +1,15 @@
 """The offline GPU bundle's own steps, on small wheels made here: no package index, no GPU."""
 
 import hashlib
-import importlib.util
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import EXECUTABLE, ROOT, make_wheel
+from tests.helpers import EXECUTABLE, ROOT, load_script, make_wheel
 
 SCRIPT = ROOT / "benchmarks" / "gpu" / "offline_bundle.py"
-spec = importlib.util.spec_from_file_location("offline_bundle", SCRIPT)
-offline_bundle = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(offline_bundle)
+offline_bundle = load_script(SCRIPT)
 
 
 def test_repacked_ray_wheel_loses_its_jar_and_keeps_its_binaries_executable(tmp_path):

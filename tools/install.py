@@ -29,12 +29,13 @@ SOURCES = {
 # pip's settings that change nothing uv installs
 HARMLESS = {
     "cert",  # passed on as SSL_CERT_FILE or SSL_CERT_DIR
-    "no-index",
+    "no-index",  # passed on as --no-index
     *("timeout", "default-timeout", "retries", "disable-pip-version-check", "no-input", "no-color"),
     *("progress-bar", "quiet", "verbose", "no-cache-dir", "cache-dir", "root-user-action"),
     "require-virtualenv",
 }
 TRUE = ("y", "yes", "t", "true", "on", "1")  # pip's strtobool
+SECTIONS = (":env:", "install", "global")  # `pip config list`'s, first the one that wins
 
 
 def pip(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -49,10 +50,10 @@ def pip_settings(listing: str) -> dict[str, str]:
     for line in listing.splitlines():
         name, sep, quoted = line.partition("=")
         section, _, key = name.rpartition(".")
-        if not sep or section not in (":env:", "install", "global"):
+        if not sep or section not in SECTIONS:
             continue
         value = " ".join(str(ast.literal_eval(quoted)).split())  # one line: several values, one space apart
-        rank = (":env:", "install", "global").index(section)
+        rank = SECTIONS.index(section)
         if value and rank <= by_rank.get(key, rank):
             settings[key], by_rank[key] = value, rank
     return settings
