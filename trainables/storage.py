@@ -24,6 +24,22 @@ def is_remote(storage: str) -> bool:
     return storage.startswith(REMOTE_SCHEMES)
 
 
+# AWS SDKs' standard retry mode: 3 attempts, with backoff (pyarrow's default for an S3FileSystem it
+# is asked to make, but not for one `FileSystem.from_uri` makes: that one retries a connection that
+# fails for 6 s, in every call, so an endpoint that is down took 6 s per read or write to name)
+S3_RETRIES = pafs.AwsStandardS3RetryStrategy(max_attempts=3)
+
+
+def remote_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """pyarrow's filesystem of an object-store URI, and the path in it; an S3 one retries as
+    AWS's SDKs do by default (`S3_RETRIES`), its other options from the URI and the environment."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if isinstance(fs, pafs.S3FileSystem):
+        _, (options,) = fs.__reduce__()  # the options that pickling it would keep
+        fs = pafs.S3FileSystem(**options, retry_strategy=S3_RETRIES)
+    return fs, path
+
+
 class StorageError(UserError):
     """Storage that cannot be reached or written: says where, why, and what was kept."""
 
@@ -35,7 +51,7 @@ class Storage:
         self.uri = uri.rstrip("/")
         try:
             if is_remote(uri):
-                self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+                self.fs, self.root = remote_filesystem(self.uri)
             else:
                 self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri))
         except (OSError, ValueError) as err:
