@@ -66,6 +66,7 @@ from orchestrator.tuning.trial import CHECKPOINTS, run_trial, trial_image_size
 from trainables.backbones import input_config
 from trainables.diagnosis_metrics import diagnosis_ranking_metrics
 from trainables.metrics import RANKING_METRICS
+from trainables.storage import ray_storage
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,10 @@ def tune_and_publish(
         with beating(run):  # a second driver on this run refuses to start
             trainable = trial_runner(spec, shared, manifest, run)
             if resume:
-                tuner = tune.Tuner.restore(run.uri, trainable, resume_unfinished=True, resume_errored=True)
+                path, fs = ray_storage(run.uri)
+                tuner = tune.Tuner.restore(
+                    path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+                )
                 # this session's callbacks, not the saved ones (the console is not saved with them)
                 tuner._local_tuner.get_run_config().callbacks = [progress, TrialCurves()]
                 log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
@@ -549,6 +553,7 @@ def report_sections(held_out: tuple[Any, str] | None, local_dir: Path) -> list:
 
 
 def new_tuner(spec: Spec, trainable: Any, run_name: str, callbacks: list[tune.Callback]) -> tune.Tuner:
+    storage_path, storage_filesystem = ray_storage(spec.storage)
     return tune.Tuner(
         trainable,
         param_space=param_space(spec),
@@ -564,7 +569,8 @@ def new_tuner(spec: Spec, trainable: Any, run_name: str, callbacks: list[tune.Ca
         ),
         run_config=tune.RunConfig(
             name=run_name,
-            storage_path=spec.storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             verbose=1,
             callbacks=callbacks,
             # a trial whose driver died with its node starts again, from its last checkpoint

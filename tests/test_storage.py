@@ -15,6 +15,7 @@ from orchestrator.errors import UserError
 from orchestrator.storage import Storage, StorageError, local_copy, normalise
 from orchestrator.tuning import leaderboard
 from tests.helpers import ROOT, checkpoint_meta, free_port
+from trainables.storage import ray_storage
 
 
 def test_storage_forms(tmp_path):
@@ -98,6 +99,19 @@ def test_missing_bucket_and_unreachable_s3_are_named(s3_server, monkeypatch):
         Storage("s3://bucket/runs").check_writable()
     # AWS's standard retries, not the 6 s of retrying a refused connection that `from_uri` gives
     assert time.monotonic() - start < 5
+
+
+def test_ray_tune_and_train_get_the_storages_own_filesystem(s3_server, monkeypatch, tmp_path):
+    assert ray_storage(str(tmp_path)) == (str(tmp_path), None)  # a folder: Ray's own handling
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
+    path, fs = ray_storage("s3://bucket/runs/run-1")
+    assert path == "bucket/runs/run-1"  # in the filesystem, as Ray takes it with one
+    start = time.monotonic()
+    with pytest.raises(OSError, match="connect"):
+        fs.get_file_info(path)
+    assert time.monotonic() - start < 5  # the retries of `Storage`'s, above
 
 
 def test_sweep_stops_before_any_work_when_storage_is_unreachable(s3_server, tmp_path):

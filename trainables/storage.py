@@ -40,6 +40,15 @@ def remote_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return fs, path
 
 
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """The `storage_path` and `storage_filesystem` that Ray Tune and Ray Train are given for a
+    storage: a local folder as it is, an object store as `remote_filesystem` opens it."""
+    if not is_remote(uri):
+        return uri, None
+    fs, path = remote_filesystem(uri)
+    return path, fs
+
+
 class StorageError(UserError):
     """Storage that cannot be reached or written: says where, why, and what was kept."""
 

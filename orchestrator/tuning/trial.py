@@ -29,6 +29,7 @@ from orchestrator.data.pipeline import (
 )
 from trainables.entry import train_in_trial, train_loop_per_worker
 from trainables.registry import InputConfig, timm_name
+from trainables.storage import ray_storage
 from trainables.timing import mark
 from trainables.trial_config import TrialConfig
 
@@ -131,6 +132,7 @@ def run_trial(
     per_worker = {"CPU": resources.cpus_per_worker}
     if resources.gpus_per_worker:
         per_worker["GPU"] = resources.gpus_per_worker
+    storage_path, storage_filesystem = ray_storage(f"{run_uri}/{CHECKPOINTS}")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=asdict(trial),  # rebuilt by the loop: see trial_config.py
@@ -143,7 +145,8 @@ def run_trial(
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=trial_id,
-            storage_path=f"{run_uri}/{CHECKPOINTS}",
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             callbacks=[TuneReportCallback()],
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(
