@@ -71,10 +71,19 @@ def _restore(saved: list[int]) -> None:
 
 
 def print_plan(
-    out: TextIO, spec: Spec, manifest: Manifest, run: Storage, log_path: Path | None, resumed: bool
+    out: TextIO,
+    spec: Spec,
+    manifest: Manifest,
+    run: Storage,
+    log_path: Path | None,
+    resumed: bool,
+    ended: bool = False,
 ) -> None:
-    """What the sweep is about to do, where its results go, and where Ray's output goes."""
-    if resumed:
+    """What the sweep is about to do, where its results go, and where Ray's output goes (`ended`:
+    a resumed run whose trials have all ended)."""
+    if ended:
+        print(f"Resuming {run.uri}: all its trials have ended; its leaderboard is published again", file=out)
+    elif resumed:
         print(f"Resuming {run.uri}: its unfinished trials go on from their last checkpoints", file=out)
     else:
         axes = spec.varying()

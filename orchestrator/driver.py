@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from orchestrator.config import DATA_CPUS_PER_TRIAL, ResourcesSpec, SourceSpec, Spec, split_of
@@ -335,33 +337,55 @@ def run_sweep(
     if quiet and resume and run.remote and not log_path.exists() and run.exists(SWEEP_LOG):
         log_path.parent.mkdir(parents=True, exist_ok=True)  # resumed elsewhere: the log goes on
         log_path.write_text(run.read_text(SWEEP_LOG))
+    ended = bool(resume) and trials_all_ended(run, spec)
     with quiet_output(log_path) if quiet else contextlib.nullcontext(sys.stdout) as console:
-        print_plan(console, spec, manifest, run, log_path if quiet else None, bool(resume))
+        print_plan(console, spec, manifest, run, log_path if quiet else None, bool(resume), ended)
         if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
             warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
-        joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
-        ours = not ray.is_initialized()
-        if ours:
-            # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
-            if not joined:
-                for name, value in LOCAL_RAY_ENV.items():  # its processes inherit the driver's environment
-                    os.environ.setdefault(name, value)
-            ray.init(address=address if joined else "local", configure_logging=False)
-        try:
-            check_gpus(spec, local=not joined)
-            warn_if_storage_is_node_local(storage)
+        with contextlib.nullcontext() if ended else ray_instance(spec, storage, address, quiet):
             for name, value in TUNE_DRIVER_ENV.items():
                 os.environ.setdefault(name, value)
             progress = Progress(spec, console)
             frame = tune_and_publish(
-                spec, run, run_name, bool(resume), shared, manifest, prepared, local_dir, progress
+                spec, run, run_name, bool(resume), shared, manifest, prepared, local_dir, progress, ended
             )
-        finally:
-            if quiet and ours:  # while its output still goes to the log
-                ray.shutdown()
     if quiet and run.remote:  # the log again, whole
         run.upload(log_path, SWEEP_LOG)
     return local_dir, frame
+
+
+@contextlib.contextmanager
+def ray_instance(spec: Spec, storage: Storage, address: str | None, quiet: bool) -> Iterator[None]:
+    """The Ray cluster at `address` (or `RAY_ADDRESS`) joined, else a Ray instance of the sweep's
+    own started, and the spec checked against it; with `quiet`, one the sweep started is shut down
+    at the end, while its output still goes to the run's log."""
+    joined = address is not None or "RAY_ADDRESS" in os.environ  # a cluster (e.g. under `ray job submit`)
+    ours = not ray.is_initialized()
+    if ours:
+        # no address: a Ray instance of this sweep's own, not whichever cluster the machine last started
+        if not joined:
+            for name, value in LOCAL_RAY_ENV.items():  # its processes inherit the driver's environment
+                os.environ.setdefault(name, value)
+        ray.init(address=address if joined else "local", configure_logging=False)
+    try:
+        check_gpus(spec, local=not joined)
+        warn_if_storage_is_node_local(storage)
+        yield
+    finally:
+        if quiet and ours:
+            ray.shutdown()
+
+
+def trials_all_ended(run: Storage, spec: Spec) -> bool:
+    """Whether Tune's saved state of a run holds each trial of its grid, ended (finished, or
+    stopped by the scheduler): resuming it then publishes its leaderboard again, and needs no Ray."""
+    path, fs = ray_storage(run.uri)
+    try:
+        trials = tune.ExperimentAnalysis(path, storage_filesystem=fs).trials
+    except (OSError, ValueError) as err:  # no state saved yet: Tune's own restore says so
+        log.info("%s has no trials saved to read (%s)", run.uri, err)
+        return False
+    return len(trials) == len(spec.grid()) and all(trial.status == Trial.TERMINATED for trial in trials)
 
 
 def tune_and_publish(
@@ -374,12 +398,15 @@ def tune_and_publish(
     prepared: Path,
     local_dir: Path,
     progress: Progress,
+    ended: bool = False,
 ) -> Any:
     """Run the grid (or a resumed run's unfinished trials) on the Ray instance joined, then publish
-    the leaderboard and test its best trials; returns the leaderboard."""
+    the leaderboard and test its best trials; returns the leaderboard. `ended`: a resumed run whose
+    trials have all ended, read from Tune's saved state with no Ray instance."""
     try:
         with beating(run):  # a second driver on this run refuses to start
-            trainable = trial_runner(spec, shared, manifest, run)
+            # restoring checks the trainable's name alone: one that needs no Ray for a run that ended
+            trainable = run_trial if ended else trial_runner(spec, shared, manifest, run)
             if resume:
                 path, fs = ray_storage(run.uri)
                 tuner = tune.Tuner.restore(
@@ -387,11 +414,12 @@ def tune_and_publish(
                 )
                 # this session's callbacks, not the saved ones (the console is not saved with them)
                 tuner._local_tuner.get_run_config().callbacks = [progress, TrialCurves()]
-                log.info("resuming %s: unfinished trials continue from their last checkpoints", run.uri)
+                doing = "all trials ended" if ended else "unfinished trials go on from their last checkpoints"
+                log.info("resuming %s: %s", run.uri, doing)
             else:
                 tuner = new_tuner(spec, trainable, run_name, [progress, TrialCurves()])
                 log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
-            results = tuner.fit()
+            results = tuner.get_results() if ended else tuner.fit()
             frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
             frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
             histories = {Path(result.path).name: result.metrics_dataframe for result in results}

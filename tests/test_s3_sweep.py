@@ -109,6 +109,7 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     client.delete_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")
     rebuilt = sweep("--resume", f"{storage}/{run}")  # all trials finished: only the leaderboard again
     assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert "all its trials have ended" in rebuilt.stdout  # read from Tune's state, with no Ray instance
     body = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")["Body"].read()
     assert len(pd.read_csv(io.BytesIO(body))) == 2
 
