@@ -337,12 +337,12 @@ def run_sweep(
     if quiet and resume and run.remote and not log_path.exists() and run.exists(SWEEP_LOG):
         log_path.parent.mkdir(parents=True, exist_ok=True)  # resumed elsewhere: the log goes on
         log_path.write_text(run.read_text(SWEEP_LOG))
-    ended = bool(resume) and trials_all_ended(run, spec)
     with quiet_output(log_path) if quiet else contextlib.nullcontext(sys.stdout) as console:
-        print_plan(console, spec, manifest, run, log_path if quiet else None, bool(resume), ended)
+        ended = ended_run_results(run, spec) if resume else None
+        print_plan(console, spec, manifest, run, log_path if quiet else None, bool(resume), ended is not None)
         if spec.data.shortcut_audit and not (local_dir / SHORTCUTS / AUDIT_FILE).exists():
             warn_about_shortcuts(shortcuts.audited(prepared, local_dir / SHORTCUTS))
-        with contextlib.nullcontext() if ended else ray_instance(spec, storage, address, quiet):
+        with ray_instance(spec, storage, address, quiet) if ended is None else contextlib.nullcontext():
             for name, value in TUNE_DRIVER_ENV.items():
                 os.environ.setdefault(name, value)
             progress = Progress(spec, console)
@@ -376,16 +376,22 @@ def ray_instance(spec: Spec, storage: Storage, address: str | None, quiet: bool)
             ray.shutdown()
 
 
-def trials_all_ended(run: Storage, spec: Spec) -> bool:
-    """Whether Tune's saved state of a run holds each trial of its grid, ended (finished, or
-    stopped by the scheduler): resuming it then publishes its leaderboard again, and needs no Ray."""
-    path, fs = ray_storage(run.uri)
+def ended_run_results(run: Storage, spec: Spec) -> tune.ResultGrid | None:
+    """A run's results, read from Tune's saved state, when that holds each trial of its grid,
+    ended (finished, or stopped by the scheduler): resuming it then publishes its leaderboard
+    again, and needs no Ray. None otherwise, and when the state cannot be read: Tune's own restore
+    then resumes the run, or says what is wrong."""
     try:
-        trials = tune.ExperimentAnalysis(path, storage_filesystem=fs).trials
-    except (OSError, ValueError) as err:  # no state saved yet: Tune's own restore says so
-        log.info("%s has no trials saved to read (%s)", run.uri, err)
-        return False
-    return len(trials) == len(spec.grid()) and all(trial.status == Trial.TERMINATED for trial in trials)
+        path, fs = ray_storage(run.uri)
+        analysis = tune.ExperimentAnalysis(path, storage_filesystem=fs)
+    except Exception as err:  # no state saved yet, or one this version of Ray cannot read
+        log.info("%s: Tune's saved state was not read here (%s)", run.uri, err)
+        return None
+    trials = analysis.trials
+    if len(trials) == len(spec.grid()) and all(trial.status == Trial.TERMINATED for trial in trials):
+        log.info("resuming %s: all its trials ended", run.uri)
+        return tune.ResultGrid(analysis)
+    return None
 
 
 def tune_and_publish(
@@ -398,28 +404,16 @@ def tune_and_publish(
     prepared: Path,
     local_dir: Path,
     progress: Progress,
-    ended: bool = False,
+    ended: tune.ResultGrid | None = None,
 ) -> Any:
     """Run the grid (or a resumed run's unfinished trials) on the Ray instance joined, then publish
-    the leaderboard and test its best trials; returns the leaderboard. `ended`: a resumed run whose
-    trials have all ended, read from Tune's saved state with no Ray instance."""
+    the leaderboard and test its best trials; returns the leaderboard. `ended`: the results of a
+    resumed run whose trials have all ended (`ended_run_results`), published with no Ray instance."""
     try:
         with beating(run):  # a second driver on this run refuses to start
-            # restoring checks the trainable's name alone: one that needs no Ray for a run that ended
-            trainable = run_trial if ended else trial_runner(spec, shared, manifest, run)
-            if resume:
-                path, fs = ray_storage(run.uri)
-                tuner = tune.Tuner.restore(
-                    path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
-                )
-                # this session's callbacks, not the saved ones (the console is not saved with them)
-                tuner._local_tuner.get_run_config().callbacks = [progress, TrialCurves()]
-                doing = "all trials ended" if ended else "unfinished trials go on from their last checkpoints"
-                log.info("resuming %s: %s", run.uri, doing)
-            else:
-                tuner = new_tuner(spec, trainable, run_name, [progress, TrialCurves()])
-                log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
-            results = tuner.get_results() if ended else tuner.fit()
+            results = ended
+            if results is None:
+                results = run_trials(spec, run, run_name, resume, shared, manifest, progress)
             frame = leaderboard.build(results, spec, leaderboard.checkpoint_metas(run.child(CHECKPOINTS)))
             frame = finish(frame, spec, manifest, prepared, shared, local_dir, run)
             histories = {Path(result.path).name: result.metrics_dataframe for result in results}
@@ -437,6 +431,25 @@ def tune_and_publish(
             f"{why}. The trials' results and checkpoints are in {run.uri}{kept}; when the storage "
             f"works again, finish the run with: python -m orchestrator.sweep --resume {run.uri}"
         ) from None
+
+
+def run_trials(
+    spec: Spec, run: Storage, run_name: str, resume: bool, shared: str, manifest: Manifest, progress: Progress
+) -> tune.ResultGrid:
+    """Tune runs the grid, or a resumed run's unfinished trials, on the Ray instance joined."""
+    trainable = trial_runner(spec, shared, manifest, run)
+    if resume:
+        path, fs = ray_storage(run.uri)
+        tuner = tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+        # this session's callbacks, not the saved ones (the console is not saved with them)
+        tuner._local_tuner.get_run_config().callbacks = [progress, TrialCurves()]
+        log.info("resuming %s: unfinished trials go on from their last checkpoints", run.uri)
+    else:
+        tuner = new_tuner(spec, trainable, run_name, [progress, TrialCurves()])
+        log.info("sweep %s: %d trials -> %s", run_name, len(spec.grid()), run.uri)
+    return tuner.fit()
 
 
 def trial_runner(spec: Spec, shared: str, manifest: Manifest, run: Storage) -> Any:

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from ray._common.utils import get_default_ray_temp_dir
 
 from tests.helpers import running_s3_server, tiny_spec, write_yaml
 
@@ -107,9 +109,11 @@ def test_sweep_writes_everything_to_s3(s3_server, tmp_path, monkeypatch, without
     assert "val/auc" in scalar_tags(f"s3://{bucket}/team/runs/{run}/{sorted(trials)[0]}")
 
     client.delete_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")
+    sessions = set(Path(get_default_ray_temp_dir()).glob("session_2*"))
     rebuilt = sweep("--resume", f"{storage}/{run}")  # all trials finished: only the leaderboard again
     assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
-    assert "all its trials have ended" in rebuilt.stdout  # read from Tune's state, with no Ray instance
+    assert "all its trials have ended" in rebuilt.stdout
+    assert set(Path(get_default_ray_temp_dir()).glob("session_2*")) == sessions  # no Ray instance started
     body = client.get_object(Bucket=bucket, Key=f"team/runs/{run}/leaderboard.csv")["Body"].read()
     assert len(pd.read_csv(io.BytesIO(body))) == 2
 

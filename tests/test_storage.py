@@ -105,6 +105,12 @@ def test_ray_tune_and_train_get_the_storages_own_filesystem(s3_server, monkeypat
     assert ray_storage(str(tmp_path)) == (str(tmp_path), None)  # a folder: Ray's own handling
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
+    bucket = s3_server.create_bucket("raystorage")
+    path, fs = ray_storage(f"s3://{bucket}/runs")  # the endpoint and credentials of the environment
+    with fs.open_output_stream(f"{path}/result.json") as stream:
+        stream.write(b"{}")
+    body = s3_server.client().get_object(Bucket=bucket, Key="runs/result.json")["Body"].read()
+    assert body == b"{}"
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     path, fs = ray_storage("s3://bucket/runs/run-1")
     assert path == "bucket/runs/run-1"  # in the filesystem, as Ray takes it with one

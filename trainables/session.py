@@ -31,10 +31,17 @@ from torch import nn
 from trainables.checkpoint import META_FILE, complete_checkpoints, rank
 from trainables.errors import UserError
 from trainables.prefetch import EpochsAhead
-from trainables.storage import Storage
+from trainables.storage import Storage, ray_storage
 from trainables.transforms import for_epoch
 
 REPORTED_FILE = "reported.json"  # in the Tune checkpoint of a report: the checkpoint it came with
+
+
+def checkpoint_at(uri: str) -> ray.train.Checkpoint:
+    """Ray's handle on a checkpoint folder, read through the storage's own filesystem (see
+    `trainables.storage.ray_storage`)."""
+    path, fs = ray_storage(uri)
+    return ray.train.Checkpoint(path, filesystem=fs)
 
 
 class Session(Protocol):
@@ -168,7 +175,7 @@ class TrialSession:
             name = json.loads(Path(folder, REPORTED_FILE).read_text())["checkpoint"]
         if not self.storage.exists(f"{name}/{META_FILE}"):
             return None
-        return ray.train.Checkpoint(self.storage.uri_of(name))
+        return checkpoint_at(self.storage.uri_of(name))
 
     def _remove_all_but_the_kept(self, newest: str) -> None:
         ranked = sorted(

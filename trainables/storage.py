@@ -36,7 +36,7 @@ def remote_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     fs, path = pafs.FileSystem.from_uri(uri)
     if isinstance(fs, pafs.S3FileSystem):
         _, (options,) = fs.__reduce__()  # the options that pickling it would keep
-        fs = pafs.S3FileSystem(**options, retry_strategy=S3_RETRIES)
+        fs = pafs.S3FileSystem(**{**options, "retry_strategy": S3_RETRIES})
     return fs, path
 
 

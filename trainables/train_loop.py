@@ -41,7 +41,7 @@ from trainables.metrics import REPORTED_METRICS, validation_metrics
 from trainables.optimizers import build_optimizer
 from trainables.precision import Normalize, autocast_dtype, grad_scaler, in_layout
 from trainables.resize import EVAL_RESIZE
-from trainables.session import Session
+from trainables.session import Session, checkpoint_at
 from trainables.timing import mark
 from trainables.trial_config import TrialConfig
 
@@ -241,7 +241,7 @@ def _resume_point(config: TrialConfig, session: Session) -> tuple[int, ray.train
     epoch = _epoch_of(checkpoint) if checkpoint is not None else 0
     stored = newest_complete(config.checkpoints) if config.checkpoints else None
     if stored is not None and stored[0] > epoch:
-        return stored[0], ray.train.Checkpoint(stored[1]), True
+        return stored[0], checkpoint_at(stored[1]), True
     return epoch, checkpoint, False
 
 
