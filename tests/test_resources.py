@@ -101,3 +101,18 @@ def test_workers_of_the_local_instance_keep_a_steps_tensors_memory_for_the_next_
     faults = ray.get(faults_per_step.remote())
     # with glibc's defaults each tensor is mapped at its allocation: every step faults every page
     assert faults < 0.05 * pages, f"{faults:.0f} page faults a step that writes {pages:.0f} pages"
+
+
+def test_a_parquet_read_on_the_local_instance_starts_one_footer_reader(ray_local, small_prepared):
+    from ray.util.state import list_actors
+
+    from orchestrator.data.pipeline import read_rows
+
+    here = ray.get_runtime_context().gcs_address
+
+    def footer_readers() -> int:  # the ones ended too
+        return len(list_actors(address=here, filters=[("class_name", "=", "FooterReader")], limit=10_000))
+
+    before = footer_readers()
+    assert read_rows(small_prepared).materialize().count() == 40
+    assert footer_readers() - before == 1  # Ray Data's default: a pool of 32 actors for each read
